@@ -1,0 +1,169 @@
+"""Loading and validating settings.
+
+Precedence, highest first: explicit overrides (tests, CLI flags), environment
+variables (``DMEDIAN_<SETTING>``, and ``KAFKA_BOOTSTRAP_SERVERS``), the TOML file
+named by ``DMEDIAN_CONFIG``, and ``config/default.toml``. An invalid value stops
+the program with a :class:`ConfigError` naming the setting and the bad value.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+__all__ = ["DEFAULT_FILE", "ENV_PREFIX", "ConfigError", "Settings", "load_settings"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_FILE = Path(__file__).with_name("default.toml")
+ENV_PREFIX = "DMEDIAN_"
+# Environment variables with our prefix that are not settings: the user's config
+# file, and the tooling's (the broker script's python and jar cache, test knobs).
+_NOT_SETTINGS = ("CONFIG", "PYTHON", "KAFKA_CACHE", "TEST_")
+_TOPIC_NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+
+
+class ConfigError(ValueError):
+    """A setting is missing, unknown or invalid. The message names it."""
+
+
+class Settings(BaseModel):
+    """Every setting of DistributedMedian. See ``config/default.toml`` for documentation."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kafka_bootstrap_servers: str = ""
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["", "PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = ""
+    kafka_sasl_username: str = ""
+    kafka_sasl_password: str = Field(default="", repr=False)
+    kafka_ssl_cafile: str = ""
+    local_broker_port: int = Field(default=9092, ge=1, le=65534)
+
+    app_id: str = Field(default="dmedian", min_length=1)
+    topic_numbers: str = "numbers"
+    topic_sketches: str = "sketches"
+    topic_medians: str = "medians"
+    topic_dead_letters: str = "dead-letters"
+    numbers_partitions: int = Field(default=8, ge=1, le=100_000)
+    replication_factor: int = Field(default=1, ge=1, le=32)
+    numbers_retention_ms: int = Field(default=604_800_000, ge=-1)
+
+    sketch_k: int = Field(default=200, ge=8, le=65_535)
+    quantiles: tuple[float, ...] = (0.5, 0.9, 0.99)
+
+    emit_interval_ms: int = Field(default=200, ge=1, le=3_600_000)
+    publish_interval_ms: int = Field(default=200, ge=1, le=3_600_000)
+
+    batch_max_events: int = Field(default=10_000, ge=1, le=1_000_000)
+    batch_within_ms: int = Field(default=100, ge=1, le=60_000)
+
+    accept_infinity: bool = False
+    max_value_bytes: int = Field(default=8 * 1024 * 1024, ge=64)
+
+    data_dir: Path = Path("var/dmedian")
+    web_host: str = "127.0.0.1"
+    web_port: int = Field(default=6066, ge=1, le=65535)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("quantiles", mode="before")
+    @classmethod
+    def _split_quantiles(cls, value: Any) -> Any:
+        # From the environment quantiles come as "0.5,0.9,0.99".
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("quantiles")
+    @classmethod
+    def _check_quantiles(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        if not value:
+            raise ValueError("at least one quantile is required")
+        for q in value:
+            if not 0.0 <= q <= 1.0:
+                raise ValueError(f"quantile {q} is outside [0, 1]")
+        return tuple(sorted(set(value)))
+
+    @field_validator("topic_numbers", "topic_sketches", "topic_medians", "topic_dead_letters")
+    @classmethod
+    def _check_topic_name(cls, value: str) -> str:
+        if not value or len(value) > 249 or not set(value) <= _TOPIC_NAME_CHARS or value in {".", ".."}:
+            raise ValueError(f"{value!r} is not a legal Kafka topic name")
+        return value
+
+    @model_validator(mode="after")
+    def _check_topics_distinct(self) -> Settings:
+        names = [self.topic_numbers, self.topic_sketches, self.topic_medians, self.topic_dead_letters]
+        if len(set(names)) != len(names):
+            raise ValueError(f"topic names must be distinct, got {names}")
+        if self.kafka_sasl_mechanism and not self.kafka_security_protocol.startswith("SASL"):
+            raise ValueError("kafka_sasl_mechanism is set but kafka_security_protocol is not SASL_*")
+        return self
+
+    @property
+    def uses_local_broker(self) -> bool:
+        """Whether no bootstrap servers were given, so the embedded local broker is used."""
+        return not self.kafka_bootstrap_servers
+
+    @property
+    def bootstrap_servers(self) -> str:
+        """The bootstrap servers to connect to (the local broker's when none were given)."""
+        return self.kafka_bootstrap_servers or f"127.0.0.1:{self.local_broker_port}"
+
+
+def load_settings(overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Build settings from the default file, ``DMEDIAN_CONFIG``, the environment and ``overrides``."""
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = _read_toml(DEFAULT_FILE, "default settings")
+    sources: dict[str, str] = dict.fromkeys(values, str(DEFAULT_FILE))
+    user_file = env.get(f"{ENV_PREFIX}CONFIG")
+    if user_file:
+        user_values = _read_toml(Path(user_file), f"{ENV_PREFIX}CONFIG")
+        values.update(user_values)
+        sources.update(dict.fromkeys(user_values, user_file))
+    known = set(Settings.model_fields)
+    for name, raw in env.items():
+        if not name.startswith(ENV_PREFIX) or name[len(ENV_PREFIX) :].startswith(_NOT_SETTINGS):
+            continue
+        setting = name[len(ENV_PREFIX) :].lower()
+        if setting not in known:
+            raise ConfigError(f"unknown setting {name}={raw!r}; known settings: {', '.join(sorted(known))}")
+        values[setting] = raw
+        sources[setting] = f"environment variable {name}"
+    if "KAFKA_BOOTSTRAP_SERVERS" in env:
+        values["kafka_bootstrap_servers"] = env["KAFKA_BOOTSTRAP_SERVERS"]
+        sources["kafka_bootstrap_servers"] = "environment variable KAFKA_BOOTSTRAP_SERVERS"
+    for key, value in (overrides or {}).items():
+        values[key] = value
+        sources[key] = "override"
+    try:
+        return Settings.model_validate(values)
+    except ValidationError as exc:
+        raise ConfigError(_explain(exc, values, sources)) from None
+
+
+def _read_toml(path: Path, what: str) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"{what}: file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{what}: {path} is not valid TOML: {exc}") from None
+
+
+def _explain(exc: ValidationError, values: Mapping[str, Any], sources: Mapping[str, str]) -> str:
+    lines = ["invalid configuration:"]
+    for error in exc.errors():
+        setting = str(error["loc"][0]) if error["loc"] else "settings"
+        env_name = f"{ENV_PREFIX}{setting.upper()}" if setting != "kafka_bootstrap_servers" else "KAFKA_BOOTSTRAP_SERVERS"
+        where = sources.get(setting, "settings")
+        bad = values.get(setting, error.get("input"))
+        lines.append(f"  {setting} ({env_name}) = {bad!r} from {where}: {error['msg']}")
+    return "\n".join(lines)

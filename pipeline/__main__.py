@@ -1,0 +1,5 @@
+"""``python -m pipeline``: the ``dmedian`` command line."""
+
+from pipeline.cli import main
+
+main()

@@ -1,0 +1,116 @@
+"""Builds the one Faust app of a worker from settings.
+
+Everything is registered here, explicitly, in one place: no module-level app,
+no registration that depends on import order.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from dataclasses import dataclass
+
+import faust
+from faust.types import TableT, TopicT
+
+from config import Settings
+from pipeline.app.aggregator import AggregatorService
+from pipeline.app.dead_letters import DeadLetterSink
+from pipeline.app.shards import ShardService
+from pipeline.app.web import register_views
+from pipeline.core.emission import IntervalRule
+from topics import topic_set
+
+__all__ = ["Pipeline", "broker_credentials", "create_app"]
+
+logger = logging.getLogger(__name__)
+
+SHARD_TABLE = "shard-sketches"
+AGGREGATOR_TABLE = "aggregator-snapshots"
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """The app and the services wired into it."""
+
+    app: faust.App
+    """The Faust app (run it with a :class:`faust.Worker`)."""
+    settings: Settings
+    """The settings it was built from."""
+    shards: ShardService
+    """The shard agent's service."""
+    aggregator: AggregatorService
+    """The aggregator agent's service."""
+    dead_letters: DeadLetterSink
+    """Where rejected input goes, with its counters."""
+
+
+def broker_credentials(settings: Settings) -> faust.SASLCredentials | faust.SSLCredentials | None:
+    """Faust's credentials for the configured security protocol (None for PLAINTEXT)."""
+    protocol = settings.kafka_security_protocol
+    context = None
+    if protocol.endswith("SSL"):
+        context = ssl.create_default_context(cafile=settings.kafka_ssl_cafile or None)
+    if protocol.startswith("SASL"):
+        return faust.SASLCredentials(
+            username=settings.kafka_sasl_username,
+            password=settings.kafka_sasl_password,
+            mechanism=settings.kafka_sasl_mechanism or "PLAIN",
+            ssl_context=context,
+        )
+    if context is not None:
+        return faust.SSLCredentials(context)
+    return None
+
+
+def create_app(settings: Settings) -> Pipeline:
+    """Build the app: topics, tables, agents, timers and web views."""
+    specs = topic_set(settings)
+    app = faust.App(
+        settings.app_id,
+        broker=[f"kafka://{server.strip()}" for server in settings.bootstrap_servers.split(",")],
+        broker_credentials=broker_credentials(settings),
+        store="rocksdb://",
+        datadir=str(settings.data_dir),
+        autodiscover=False,
+        web_enabled=True,
+        web_host=settings.web_host,
+        web_port=settings.web_port,
+        web_bind=settings.web_host,
+        key_serializer="raw",
+        value_serializer="raw",
+        topic_partitions=settings.numbers_partitions,
+        topic_replication_factor=settings.replication_factor,
+        producer_acks=-1,
+        broker_max_poll_records=settings.batch_max_events,
+        stream_wait_empty=False,
+    )
+    numbers = _topic(app, specs.numbers.name, specs.numbers.partitions)
+    sketches = _topic(app, specs.sketches.name, specs.sketches.partitions)
+    medians = _topic(app, specs.medians.name, specs.medians.partitions)
+    dead_letters = DeadLetterSink(_topic(app, specs.dead_letters.name, specs.dead_letters.partitions))
+
+    shard_table = _table(app, SHARD_TABLE, specs.numbers.partitions, "KLL sketch and source offset per shard")
+    aggregator_table = _table(app, AGGREGATOR_TABLE, specs.sketches.partitions, "latest snapshot per shard")
+
+    shards = ShardService(
+        app, settings, shard_table, sketches, dead_letters, IntervalRule(settings.emit_interval_ms)
+    )
+    shards.register(numbers)
+    aggregator = AggregatorService(app, settings, aggregator_table, medians, dead_letters)
+    aggregator.register(sketches)
+    pipeline = Pipeline(app, settings, shards, aggregator, dead_letters)
+    register_views(pipeline)
+    return pipeline
+
+
+def _topic(app: faust.App, name: str, partitions: int) -> TopicT:
+    return app.topic(
+        name, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw",
+        partitions=partitions, internal=False,
+    )
+
+
+def _table(app: faust.App, name: str, partitions: int, help_text: str) -> TableT[bytes, bytes]:
+    schema = faust.Schema(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
+    return app.Table(name, schema=schema, partitions=partitions, help=help_text)

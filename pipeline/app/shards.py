@@ -1,0 +1,176 @@
+"""The shard agent: each partition of the input topic keeps its own KLL sketch.
+
+Per batch of events: group by partition, apply each partition's records through
+the ingestion seam, write that shard's state to the table once, dead-letter
+what was rejected, and send a snapshot when the emission rule says so. A timer
+sends the snapshots the rule held back, so the last change always goes out.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from faust.types import AppT, EventT, StreamT, TableT, TopicT
+from faust.types.tuples import TP
+
+from config import Settings
+from pipeline.app.dead_letters import DeadLetterSink
+from pipeline.app.event_context import bound_to_event
+from pipeline.core.codec import CodecOptions
+from pipeline.core.emission import EmissionRule, EmissionState
+from pipeline.core.ingest import RawRecord, ingest_records, rejection_counts
+from pipeline.core.sketch import ShardState
+from pipeline.core.wire import DeadLetter, SketchSnapshot
+
+__all__ = ["ShardService", "shard_key"]
+
+logger = logging.getLogger(__name__)
+
+
+def shard_key(shard: int) -> bytes:
+    """The key of a shard in the state table and on the ``sketches`` topic."""
+    return str(shard).encode("ascii")
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass
+class _Slot:
+    """This worker's in-memory view of one shard it owns."""
+
+    state: ShardState | None = None
+    emission: EmissionState = field(default_factory=EmissionState)
+
+
+class ShardService:
+    """Owns the shard agent, the snapshot flush timer and the per-shard state cache."""
+
+    def __init__(
+        self,
+        app: AppT,
+        settings: Settings,
+        table: TableT[bytes, bytes],
+        sketches: TopicT,
+        dead_letters: DeadLetterSink,
+        rule: EmissionRule,
+    ) -> None:
+        self._app = app
+        self._settings = settings
+        self._table = table
+        self._sketches = sketches
+        self._dead_letters = dead_letters
+        self._rule = rule
+        self._codec = CodecOptions(settings.accept_infinity, settings.max_value_bytes)
+        self._slots: dict[int, _Slot] = {}
+        self._numbers_topic = settings.topic_numbers
+        self.snapshots_sent = 0
+        """Snapshots this worker sent."""
+        self.snapshot_bytes_sent = 0
+        """Bytes of snapshots this worker sent."""
+
+    def register(self, numbers: TopicT) -> None:
+        """Attach the agent, the flush timer and the rebalance hooks to the app."""
+        self._app.agent(numbers, name="shards")(self._run)
+        interval_s = max(self._settings.emit_interval_ms / 2000, 0.01)
+        self._app.timer(interval_s, name="shards.flush")(self._flush)
+        self._app.on_partitions_assigned.connect(self._on_assigned)
+        self._app.on_partitions_revoked.connect(self._on_revoked)
+
+    @property
+    def owned(self) -> list[int]:
+        """Shards this worker owns now."""
+        return sorted(self._slots)
+
+    def local_state(self, shard: int) -> ShardState | None:
+        """The cached state of an owned shard (None if not loaded yet)."""
+        slot = self._slots.get(shard)
+        return slot.state if slot else None
+
+    async def _run(self, stream: StreamT[Any]) -> AsyncIterator[None]:
+        within = self._settings.batch_within_ms / 1000
+        async for events in stream.take_events(self._settings.batch_max_events, within=within):
+            for partition, group in _by_partition(events).items():
+                await self._apply(partition, group)
+            yield None
+
+    async def _apply(self, partition: int, events: Sequence[EventT[Any]]) -> None:
+        records = [RawRecord(e.message.offset, e.message.value, e.message.key) for e in events]
+        with bound_to_event(events[-1]):
+            state = self._load(partition)
+            result = ingest_records(state, records, self._codec)
+            if result.advanced:
+                # One write per shard per batch: the changelog carries the whole sketch.
+                self._table[shard_key(partition)] = state.to_bytes()
+        for record, rejection in result.rejections:
+            letter = DeadLetter(
+                rejection.reason.value,
+                rejection.detail,
+                self._numbers_topic,
+                partition,
+                record.offset,
+                record.value,
+                tuple((bad.index, bad.reason.value) for bad in rejection.bad_elements),
+            )
+            await self._dead_letters.send(letter, record.key, rejection_counts(rejection))
+        slot = self._slots.setdefault(partition, _Slot())
+        slot.emission.version = state.last_offset
+        await self._maybe_emit(partition, slot, _now_ms())
+
+    def _load(self, partition: int) -> ShardState:
+        slot = self._slots.setdefault(partition, _Slot())
+        if slot.state is None:
+            stored = self._table.get(shard_key(partition))
+            slot.state = (
+                ShardState.from_bytes(stored) if stored else ShardState.empty(partition, self._settings.sketch_k)
+            )
+            logger.info("shard %d: loaded state n=%d last_offset=%d", partition, slot.state.n, slot.state.last_offset)
+        return slot.state
+
+    async def _maybe_emit(self, shard: int, slot: _Slot, now_ms: int) -> None:
+        if slot.state is None or not self._rule.should_emit(slot.emission, now_ms):
+            return
+        snapshot = SketchSnapshot.from_state(slot.state, now_ms)
+        payload = snapshot.to_bytes()
+        await self._sketches.send(key=shard_key(shard), value=payload)
+        slot.emission.mark_emitted(now_ms)
+        self.snapshots_sent += 1
+        self.snapshot_bytes_sent += len(payload)
+
+    async def _flush(self) -> None:
+        if self._app.rebalancing or getattr(self._app, "in_recovery", False):
+            return
+        now_ms = _now_ms()
+        for shard, slot in list(self._slots.items()):
+            if slot.state is None:
+                # Newly assigned: announce its restored state once, so the aggregator
+                # has it even if no new number ever arrives on this shard.
+                stored = self._table.get(shard_key(shard))
+                if not stored:
+                    continue
+                slot.state = ShardState.from_bytes(stored)
+                slot.emission.version = slot.state.last_offset
+            await self._maybe_emit(shard, slot, now_ms)
+
+    async def _on_assigned(self, sender: AppT, assigned: set[TP], **kwargs: Any) -> None:
+        for tp in assigned:
+            if tp.topic == self._numbers_topic:
+                self._slots.setdefault(tp.partition, _Slot())
+
+    async def _on_revoked(self, sender: AppT, revoked: set[TP], **kwargs: Any) -> None:
+        # Another worker may own these next; our cached state would go stale.
+        for tp in revoked:
+            if tp.topic == self._numbers_topic:
+                self._slots.pop(tp.partition, None)
+
+
+def _by_partition(events: Sequence[EventT[Any]]) -> dict[int, list[EventT[Any]]]:
+    groups: dict[int, list[EventT[Any]]] = {}
+    for event in events:
+        groups.setdefault(event.message.partition, []).append(event)
+    return groups

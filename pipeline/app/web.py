@@ -1,0 +1,47 @@
+"""HTTP views on Faust's web server: the latest estimate and this worker's shards."""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from faust.web import Request, Response, View
+
+if TYPE_CHECKING:
+    from pipeline.app.factory import Pipeline
+
+__all__ = ["register_views"]
+
+logger = logging.getLogger(__name__)
+
+
+def register_views(pipeline: Pipeline) -> None:
+    """Add ``/stats`` (this worker: owned shards, counters, aggregator state) to the app."""
+    app = pipeline.app
+
+    @app.page("/stats")
+    class StatsView(View):
+        async def get(self, request: Request) -> Response:
+            shards: dict[str, Any] = {}
+            for shard in pipeline.shards.owned:
+                state = pipeline.shards.local_state(shard)
+                if state is not None:
+                    median = state.sketch.get_quantile(0.5) if state.n else math.nan
+                    shards[str(shard)] = {
+                        "n": state.n,
+                        "median": None if math.isnan(median) else median,
+                        "last_offset": state.last_offset,
+                        "rejected": state.rejected,
+                    }
+            record = pipeline.aggregator.last_record
+            body = {
+                "shards": shards,
+                "rejected": dict(pipeline.dead_letters.counts),
+                "snapshots_sent": pipeline.shards.snapshots_sent,
+                "snapshot_bytes_sent": pipeline.shards.snapshot_bytes_sent,
+                "aggregator_hosted": pipeline.aggregator.hosted,
+                "last_record": orjson.loads(record.to_json()) if record else None,
+            }
+            return self.bytes(orjson.dumps(body), content_type="application/json")

@@ -1,0 +1,76 @@
+"""``dmedian produce``: send numbers from a file, stdin or a generator."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
+
+from pipeline.cli.common import console, fail, settings_or_exit
+from pipeline.kafka.clients import producer
+from pipeline.kafka.generate import Distribution, MessageFormat, encode_messages, generate
+from pipeline.kafka.produce import ProduceError, produce_values
+
+__all__ = ["produce", "produce_numbers"]
+
+logger = logging.getLogger(__name__)
+
+
+def produce_numbers(values: npt.NDArray[np.float64], fmt: MessageFormat, batch_size: int, rate: float,
+                    topic: str | None = None) -> int:
+    """Produce ``values`` to the input topic with a progress bar on a terminal; return messages sent."""
+    settings = settings_or_exit()
+    messages = -(-values.size // batch_size) if fmt is not MessageFormat.SINGLE else values.size
+    columns = (TextColumn("producing"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
+               TextColumn("{task.fields[rate]}"), TimeRemainingColumn())
+    with Progress(*columns, console=console, disable=not console.is_terminal) as progress:
+        task = progress.add_task("produce", total=messages, rate="")
+
+        def advance(step: int) -> None:
+            progress.advance(task, step)
+            elapsed = progress.tasks[0].elapsed or 0.0
+            if elapsed:
+                progress.update(task, rate=f"{progress.tasks[0].completed / elapsed:,.0f} msg/s")
+
+        try:
+            return produce_values(producer(settings), topic or settings.topic_numbers,
+                                  encode_messages(values, fmt, batch_size), rate=rate, on_progress=advance)
+        except ProduceError as exc:
+            fail(str(exc), code=1)
+
+
+def _read_numbers(source: Path) -> Iterator[float]:
+    handle = sys.stdin if str(source) == "-" else source.open()
+    for line_no, line in enumerate(handle, start=1):
+        for token in line.replace(",", " ").split():
+            try:
+                yield float(token)
+            except ValueError:
+                fail(f"{source}:{line_no}: {token!r} is not a number")
+
+
+def produce(
+    file: Path = typer.Option(None, "--file", "-f", help="Numbers, whitespace or comma separated ('-' for stdin)."),
+    distribution: Distribution = typer.Option(Distribution.NORMAL, help="Generator distribution (without --file)."),
+    count: int = typer.Option(1_000_000, min=1, help="How many numbers to generate."),
+    fmt: MessageFormat = typer.Option(MessageFormat.SINGLE, "--format", help="Message encoding."),
+    batch_size: int = typer.Option(1000, min=1, help="Numbers per message for json-array and float64."),
+    rate: float = typer.Option(0.0, min=0.0, help="Messages per second (0: as fast as possible)."),
+    seed: int = typer.Option(0, help="Generator seed."),
+    save: Path = typer.Option(None, help="Also save the numbers produced as .npy (for exact comparison)."),
+) -> None:
+    """Produce numbers to the input topic with confluent-kafka."""
+    if file is not None:
+        values = np.fromiter(_read_numbers(file), dtype=np.float64)
+    else:
+        values = generate(distribution, count, seed)
+    if save is not None:
+        np.save(save, values)
+    sent = produce_numbers(values, fmt, batch_size, rate)
+    console.print(f"produced {values.size:,} numbers in {sent:,} messages")

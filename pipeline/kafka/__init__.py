@@ -1,0 +1,1 @@
+"""Plain Kafka clients (confluent-kafka) configured from settings: admin, producer, consumer."""

@@ -1,0 +1,100 @@
+"""The topics DistributedMedian uses, declared once.
+
+``numbers`` is the input: each partition is a shard. ``sketches`` is compacted
+and keyed by shard id, so it always holds the latest snapshot of every shard and
+rebuilds the aggregator on its own. ``medians`` has one partition so that
+estimates are totally ordered. ``dead-letters`` keeps rejected input with its
+reason. Partition counts of ``sketches`` and ``medians`` are fixed at 1: one
+aggregator reads every snapshot, and snapshots are few and small.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from config import Settings
+
+__all__ = ["TopicSet", "TopicSpec", "topic_set"]
+
+logger = logging.getLogger(__name__)
+
+_DAY_MS = 24 * 3600 * 1000
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    """One topic: its name, partitions, replication and the configs we insist on."""
+
+    name: str
+    """Topic name."""
+    partitions: int
+    """Partition count."""
+    replication_factor: int
+    """Replicas per partition."""
+    config: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    """Topic configs that must hold; other configs are left to the cluster's defaults."""
+    purpose: str = ""
+    """What the topic is for (shown by ``dmedian topics describe``)."""
+
+
+@dataclass(frozen=True)
+class TopicSet:
+    """The four topics of one deployment."""
+
+    numbers: TopicSpec
+    """Input numbers; partition p is shard p."""
+    sketches: TopicSpec
+    """Compacted latest snapshot per shard."""
+    medians: TopicSpec
+    """The global estimate over time."""
+    dead_letters: TopicSpec
+    """Rejected input with its reason."""
+
+    def __iter__(self) -> Iterator[TopicSpec]:
+        return iter((self.numbers, self.sketches, self.medians, self.dead_letters))
+
+
+def topic_set(settings: Settings) -> TopicSet:
+    """The topic specs for ``settings``."""
+    replicas = settings.replication_factor
+    return TopicSet(
+        numbers=TopicSpec(
+            settings.topic_numbers,
+            settings.numbers_partitions,
+            replicas,
+            MappingProxyType({"cleanup.policy": "delete", "retention.ms": str(settings.numbers_retention_ms)}),
+            "input numbers; partition p is shard p",
+        ),
+        sketches=TopicSpec(
+            settings.topic_sketches,
+            1,
+            replicas,
+            MappingProxyType(
+                {
+                    "cleanup.policy": "compact",
+                    # Compact often: only the latest snapshot per shard matters.
+                    "min.cleanable.dirty.ratio": "0.1",
+                    "segment.ms": str(3600 * 1000),
+                    "delete.retention.ms": str(_DAY_MS),
+                }
+            ),
+            "latest sketch snapshot per shard (key = shard id)",
+        ),
+        medians=TopicSpec(
+            settings.topic_medians,
+            1,
+            replicas,
+            MappingProxyType({"cleanup.policy": "delete", "retention.ms": str(7 * _DAY_MS)}),
+            "global median and quantiles over time (key = global)",
+        ),
+        dead_letters=TopicSpec(
+            settings.topic_dead_letters,
+            1,
+            replicas,
+            MappingProxyType({"cleanup.policy": "delete", "retention.ms": str(30 * _DAY_MS)}),
+            "rejected input with source position and reason",
+        ),
+    )
