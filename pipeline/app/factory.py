@@ -112,5 +112,6 @@ def _topic(app: faust.App, name: str, partitions: int) -> TopicT:
 
 
 def _table(app: faust.App, name: str, partitions: int, help_text: str) -> TableT[bytes, bytes]:
-    schema = faust.Schema(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
-    return app.Table(name, schema=schema, partitions=partitions, help=help_text)
+    # key_type/value_type bytes make Faust use the raw codec for the changelog too
+    # (without them it falls back to JSON, which cannot carry a binary sketch).
+    return app.Table(name, key_type=bytes, value_type=bytes, partitions=partitions, help=help_text)

@@ -24,10 +24,14 @@ def produce_values(
     *,
     rate: float = 0.0,
     key: Callable[[int], bytes | None] | None = None,
+    partition: Callable[[int], int] | None = None,
     on_progress: Callable[[int], None] | None = None,
     timeout_s: float = 120.0,
 ) -> int:
     """Send every value, at most ``rate`` messages/s when ``rate`` > 0; return the count.
+
+    ``key`` and ``partition`` map the message's 1-based sequence number to its key
+    and partition; by default the producer's partitioner spreads keyless messages.
 
     Waits until every message is acknowledged, and raises :class:`ProduceError`
     if any delivery failed: a producer tool that silently drops input would be
@@ -42,10 +46,11 @@ def produce_values(
     started = time.monotonic()
     sent = 0
     for sent, value in enumerate(values, start=1):
+        extra = {"partition": partition(sent)} if partition else {}
         message_key = key(sent) if key else None
         while True:
             try:
-                producer.produce(topic, value=value, key=message_key, on_delivery=delivered)
+                producer.produce(topic, value=value, key=message_key, on_delivery=delivered, **extra)
                 break
             except BufferError:
                 producer.poll(0.05)  # the local queue is full: let deliveries drain it

@@ -1,0 +1,60 @@
+"""When a shard or the aggregator sends: at most once per interval, and only on change."""
+
+from __future__ import annotations
+
+from dataclasses import FrozenInstanceError
+
+import pytest
+
+from pipeline.core.emission import EmissionState, IntervalRule
+
+RULE = IntervalRule(interval_ms=200)
+NOW = 1_700_000_000_000
+
+
+def test_fresh_state_has_nothing_to_send() -> None:
+    state = EmissionState()
+    assert not state.changed
+    assert not RULE.should_emit(state, NOW)
+
+
+def test_a_change_is_sent_once_the_interval_has_passed() -> None:
+    state = EmissionState(last_emit_ms=NOW, emitted_version=5, version=6)
+    assert state.changed
+    assert not RULE.should_emit(state, NOW + 199)
+    assert RULE.should_emit(state, NOW + 200)
+    assert RULE.should_emit(state, NOW + 10_000)
+
+
+@pytest.mark.parametrize("later", [0, 200, 10**9])
+def test_nothing_is_sent_without_a_change(later: int) -> None:
+    state = EmissionState(last_emit_ms=NOW, emitted_version=6, version=6)
+    assert not RULE.should_emit(state, NOW + later)
+
+
+def test_never_emitted_state_with_data_is_sent_at_once() -> None:
+    state = EmissionState(version=0)
+    assert RULE.should_emit(state, NOW)
+
+
+def test_mark_emitted_records_time_and_version() -> None:
+    state = EmissionState(last_emit_ms=NOW, emitted_version=1, version=4)
+    state.mark_emitted(NOW + 500)
+    assert (state.last_emit_ms, state.emitted_version, state.version) == (NOW + 500, 4, 4)
+    assert not state.changed
+    assert not RULE.should_emit(state, NOW + 5_000)
+
+
+def test_after_an_emission_the_next_change_waits_for_the_interval() -> None:
+    state = EmissionState(version=1)
+    state.mark_emitted(NOW)
+    state.version = 2
+    assert not RULE.should_emit(state, NOW + 50)
+    assert RULE.should_emit(state, NOW + 200)
+    state.mark_emitted(NOW + 200)
+    assert not RULE.should_emit(state, NOW + 400)
+
+
+def test_interval_rule_is_frozen() -> None:
+    with pytest.raises(FrozenInstanceError):
+        RULE.interval_ms = 5  # type: ignore[misc]
