@@ -26,6 +26,8 @@ ENV_PREFIX = "DMEDIAN_"
 # Environment variables with our prefix that are not settings: the user's config
 # file, and the tooling's (the broker script's python and jar cache, test knobs).
 _NOT_SETTINGS = ("CONFIG", "PYTHON", "KAFKA_CACHE", "TEST_")
+_TOPIC_SETTINGS = ("topic_numbers", "topic_sketches", "topic_medians", "topic_dead_letters")
+_SECRET_SETTINGS = frozenset({"kafka_sasl_password"})
 _TOPIC_NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
 
 
@@ -99,11 +101,21 @@ class Settings(BaseModel):
 
     @model_validator(mode="after")
     def _check_topics_distinct(self) -> Settings:
-        names = [self.topic_numbers, self.topic_sketches, self.topic_medians, self.topic_dead_letters]
-        if len(set(names)) != len(names):
-            raise ValueError(f"topic names must be distinct, got {names}")
+        # Cross-field rules: pydantic cannot pin these on one field, so the message
+        # names every setting involved by its environment variable.
+        topics = {name: getattr(self, name) for name in _TOPIC_SETTINGS}
+        for name, value in topics.items():
+            clashing = [_env_name(other) for other, v in topics.items() if v == value and other != name]
+            if clashing:
+                raise ValueError(
+                    f"topic names must be distinct: {_env_name(name)} and {', '.join(clashing)} are both {value!r}"
+                )
         if self.kafka_sasl_mechanism and not self.kafka_security_protocol.startswith("SASL"):
-            raise ValueError("kafka_sasl_mechanism is set but kafka_security_protocol is not SASL_*")
+            raise ValueError(
+                f"{_env_name('kafka_sasl_mechanism')}={self.kafka_sasl_mechanism!r} is set but "
+                f"kafka_security_protocol is not SASL_* ({_env_name('kafka_security_protocol')}="
+                f"{self.kafka_security_protocol!r}; use SASL_PLAINTEXT or SASL_SSL)"
+            )
         return self
 
     @property
@@ -158,12 +170,20 @@ def _read_toml(path: Path, what: str) -> dict[str, Any]:
         raise ConfigError(f"{what}: {path} is not valid TOML: {exc}") from None
 
 
+def _env_name(setting: str) -> str:
+    return "KAFKA_BOOTSTRAP_SERVERS" if setting == "kafka_bootstrap_servers" else f"{ENV_PREFIX}{setting.upper()}"
+
+
 def _explain(exc: ValidationError, values: Mapping[str, Any], sources: Mapping[str, str]) -> str:
     lines = ["invalid configuration:"]
     for error in exc.errors():
-        setting = str(error["loc"][0]) if error["loc"] else "settings"
-        env_name = f"{ENV_PREFIX}{setting.upper()}" if setting != "kafka_bootstrap_servers" else "KAFKA_BOOTSTRAP_SERVERS"
+        if not error["loc"]:
+            # A cross-field rule: its message names the settings; the input is every
+            # setting (secrets included), so it is not echoed.
+            lines.append(f"  {error['msg']}")
+            continue
+        setting = str(error["loc"][0])
         where = sources.get(setting, "settings")
-        bad = values.get(setting, error.get("input"))
-        lines.append(f"  {setting} ({env_name}) = {bad!r} from {where}: {error['msg']}")
+        bad = "***" if setting in _SECRET_SETTINGS else repr(values.get(setting, error.get("input")))
+        lines.append(f"  {setting} ({_env_name(setting)}) = {bad} from {where}: {error['msg']}")
     return "\n".join(lines)

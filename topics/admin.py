@@ -12,7 +12,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from confluent_kafka import KafkaError, KafkaException
-from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
+from confluent_kafka.admin import (  # type: ignore[attr-defined]  # not re-exported in its stubs
+    AdminClient,
+    ConfigResource,
+    NewTopic,
+)
 
 from topics.specs import TopicSpec
 
@@ -84,8 +88,12 @@ def create_topics(admin: AdminClient, specs: Iterable[TopicSpec]) -> list[str]:
     if not missing:
         return []
     new_topics = [
-        NewTopic(spec.name, num_partitions=spec.partitions, replication_factor=spec.replication_factor,
-                 config=dict(spec.config))
+        NewTopic(
+            spec.name,
+            num_partitions=spec.partitions,
+            replication_factor=spec.replication_factor,
+            config=dict(spec.config),
+        )
         for spec in missing
     ]
     created = []

@@ -22,7 +22,7 @@ from pipeline.core.emission import EmissionState, IntervalRule
 from pipeline.core.merge import GlobalEstimator
 from pipeline.core.wire import DeadLetter, MedianRecord, SketchSnapshot, SnapshotError
 
-__all__ = ["AggregatorService", "MEDIAN_KEY"]
+__all__ = ["MEDIAN_KEY", "AggregatorService"]
 
 logger = logging.getLogger(__name__)
 
@@ -62,8 +62,9 @@ class AggregatorService:
         self._app.agent(sketches, name="aggregator")(self._run)
         interval_s = max(self._settings.publish_interval_ms / 2000, 0.01)
         self._app.timer(interval_s, name="aggregator.publish")(self._publish_if_due)
-        self._app.on_partitions_assigned.connect(self._on_assigned)
-        self._app.on_partitions_revoked.connect(self._on_revoked)
+        # mode's Signal stubs want a receiver taking *args; ours names its argument.
+        self._app.on_partitions_assigned.connect(self._on_assigned)  # type: ignore[arg-type]
+        self._app.on_partitions_revoked.connect(self._on_revoked)  # type: ignore[arg-type]
 
     @property
     def hosted(self) -> bool:
@@ -82,7 +83,7 @@ class AggregatorService:
         if value is None:
             # A tombstone retires a shard: its numbers leave the estimate.
             shard = _shard_of(key)
-            if shard is not None:
+            if key is not None and shard is not None:
                 estimator.forget(shard)
                 self._table.pop(key, None)
                 self._changed()
@@ -100,8 +101,9 @@ class AggregatorService:
 
     async def _reject(self, event: EventT[Any], exc: SnapshotError) -> None:
         message = event.message
-        letter = DeadLetter(f"snapshot_{exc.reason}", exc.detail, message.topic, message.partition,
-                            message.offset, message.value)
+        letter = DeadLetter(
+            f"snapshot_{exc.reason}", exc.detail, message.topic, message.partition, message.offset, message.value
+        )
         logger.warning("rejected snapshot at offset %d: %s", message.offset, exc)
         await self._dead_letters.send(letter, message.key)
 
@@ -135,12 +137,12 @@ class AggregatorService:
         self._output.mark_emitted(now_ms)
         self.last_record = record
 
-    async def _on_assigned(self, sender: AppT, assigned: set[TP], **kwargs: Any) -> None:
+    async def _on_assigned(self, _sender: AppT, assigned: set[TP], **_kwargs: Any) -> None:
         if any(tp.topic == self._settings.topic_sketches for tp in assigned):
             self._hosted = True
             self._estimator = None  # rebuilt from the restored table on first use
 
-    async def _on_revoked(self, sender: AppT, revoked: set[TP], **kwargs: Any) -> None:
+    async def _on_revoked(self, _sender: AppT, revoked: set[TP], **_kwargs: Any) -> None:
         if any(tp.topic == self._settings.topic_sketches for tp in revoked):
             self._hosted = False
             self._estimator = None

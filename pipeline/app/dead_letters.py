@@ -25,6 +25,12 @@ class DeadLetterSink:
     async def send(self, letter: DeadLetter, key: bytes | None, count: dict[str, int] | None = None) -> None:
         """Send one dead letter; ``count`` is the counter increment (default: 1 for its reason)."""
         self.counts.update(count or {letter.reason: 1})
-        logger.debug("dead letter from %s[%d]@%d: %s (%s)", letter.topic, letter.partition, letter.offset,
-                     letter.reason, letter.detail)
+        logger.debug(
+            "dead letter from %s[%d]@%d: %s (%s)",
+            letter.topic,
+            letter.partition,
+            letter.offset,
+            letter.reason,
+            letter.detail,
+        )
         await self._topic.send(key=key, value=letter.to_json())

@@ -16,6 +16,7 @@ import logging
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from faust.streams import _current_event, current_event
 from faust.types import EventT
@@ -26,7 +27,7 @@ logger = logging.getLogger(__name__)
 
 
 @contextmanager
-def bound_to_event(event: EventT) -> Iterator[None]:
+def bound_to_event(event: EventT[Any]) -> Iterator[None]:
     """Make ``event`` Faust's current event for the duration of the block."""
     token = _current_event.set(weakref.ref(event))
     try:

@@ -93,9 +93,7 @@ def create_app(settings: Settings) -> Pipeline:
     shard_table = _table(app, SHARD_TABLE, specs.numbers.partitions, "KLL sketch and source offset per shard")
     aggregator_table = _table(app, AGGREGATOR_TABLE, specs.sketches.partitions, "latest snapshot per shard")
 
-    shards = ShardService(
-        app, settings, shard_table, sketches, dead_letters, IntervalRule(settings.emit_interval_ms)
-    )
+    shards = ShardService(app, settings, shard_table, sketches, dead_letters, IntervalRule(settings.emit_interval_ms))
     shards.register(numbers)
     aggregator = AggregatorService(app, settings, aggregator_table, medians, dead_letters)
     aggregator.register(sketches)
@@ -106,8 +104,13 @@ def create_app(settings: Settings) -> Pipeline:
 
 def _topic(app: faust.App, name: str, partitions: int) -> TopicT:
     return app.topic(
-        name, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw",
-        partitions=partitions, internal=False,
+        name,
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+        partitions=partitions,
+        internal=False,
     )
 
 

@@ -79,8 +79,9 @@ class ShardService:
         self._app.agent(numbers, name="shards")(self._run)
         interval_s = max(self._settings.emit_interval_ms / 2000, 0.01)
         self._app.timer(interval_s, name="shards.flush")(self._flush)
-        self._app.on_partitions_assigned.connect(self._on_assigned)
-        self._app.on_partitions_revoked.connect(self._on_revoked)
+        # mode's Signal stubs want a receiver taking *args; ours names its argument.
+        self._app.on_partitions_assigned.connect(self._on_assigned)  # type: ignore[arg-type]
+        self._app.on_partitions_revoked.connect(self._on_revoked)  # type: ignore[arg-type]
 
     @property
     def owned(self) -> list[int]:
@@ -94,7 +95,9 @@ class ShardService:
 
     async def _run(self, stream: StreamT[Any]) -> AsyncIterator[None]:
         within = self._settings.batch_within_ms / 1000
-        async for events in stream.take_events(self._settings.batch_max_events, within=within):
+        # take_events exists on faust.Stream but is missing from the StreamT interface.
+        batches = stream.take_events(self._settings.batch_max_events, within=within)  # type: ignore[attr-defined]
+        async for events in batches:
             for partition, group in _by_partition(events).items():
                 await self._apply(partition, group)
             yield None
@@ -157,12 +160,12 @@ class ShardService:
                 slot.emission.version = slot.state.last_offset
             await self._maybe_emit(shard, slot, now_ms)
 
-    async def _on_assigned(self, sender: AppT, assigned: set[TP], **kwargs: Any) -> None:
+    async def _on_assigned(self, _sender: AppT, assigned: set[TP], **_kwargs: Any) -> None:
         for tp in assigned:
             if tp.topic == self._numbers_topic:
                 self._slots.setdefault(tp.partition, _Slot())
 
-    async def _on_revoked(self, sender: AppT, revoked: set[TP], **kwargs: Any) -> None:
+    async def _on_revoked(self, _sender: AppT, revoked: set[TP], **_kwargs: Any) -> None:
         # Another worker may own these next; our cached state would go stale.
         for tp in revoked:
             if tp.topic == self._numbers_topic:

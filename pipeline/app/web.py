@@ -23,7 +23,7 @@ def register_views(pipeline: Pipeline) -> None:
 
     @app.page("/stats")
     class StatsView(View):
-        async def get(self, request: Request) -> Response:
+        async def get(self, _request: Request) -> Response:
             shards: dict[str, Any] = {}
             for shard in pipeline.shards.owned:
                 state = pipeline.shards.local_state(shard)

@@ -23,7 +23,7 @@ def local_broker(port: int | None = None) -> LocalBroker:
 
 
 @broker_cli.command("start")
-def start(port: int = typer.Option(None, help="Client port (default: local_broker_port).")) -> None:
+def start(port: int | None = typer.Option(None, help="Client port (default: local_broker_port).")) -> None:
     """Fetch Kafka if needed, format storage once, start the broker and wait until it answers."""
     broker = local_broker(port)
     try:
@@ -34,14 +34,14 @@ def start(port: int = typer.Option(None, help="Client port (default: local_broke
 
 
 @broker_cli.command("stop")
-def stop(port: int = typer.Option(None, help="Client port (default: local_broker_port).")) -> None:
+def stop(port: int | None = typer.Option(None, help="Client port (default: local_broker_port).")) -> None:
     """Stop the local broker."""
     local_broker(port).stop()
     console.print("broker stopped")
 
 
 @broker_cli.command("status")
-def status(port: int = typer.Option(None, help="Client port (default: local_broker_port).")) -> None:
+def status(port: int | None = typer.Option(None, help="Client port (default: local_broker_port).")) -> None:
     """Say whether the local broker runs and answers."""
     state = local_broker(port).status()
     word = "running" if state.running else "stopped"

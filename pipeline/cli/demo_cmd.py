@@ -8,18 +8,23 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 import typer
 from rich.table import Table
 
+from config import Settings
 from pipeline.cli.broker_cmd import local_broker
 from pipeline.cli.common import console, fail, out, settings_or_exit
 from pipeline.cli.produce_cmd import produce_numbers
 from pipeline.cli.topics_cmd import ensure_topics
 from pipeline.cli.watch_cmd import record_table
 from pipeline.core.exact import check_rank
+from pipeline.core.wire import MedianRecord
 from pipeline.kafka.clients import admin_client
 from pipeline.kafka.follow import latest_snapshots, wait_for_record
 from pipeline.kafka.generate import Distribution, MessageFormat, generate
@@ -29,6 +34,8 @@ __all__ = ["demo"]
 
 logger = logging.getLogger(__name__)
 
+_FORMATS = (MessageFormat.SINGLE, MessageFormat.JSON_ARRAY, MessageFormat.FLOAT64)
+
 
 def demo(
     count: int = typer.Option(1_000_000, min=3, help="Numbers to generate."),
@@ -36,19 +43,74 @@ def demo(
     timeout: float = typer.Option(300.0, help="Seconds to wait for the estimate to cover every number."),
 ) -> None:
     """Start everything, produce COUNT numbers in all three formats, print served vs exact."""
+    with _local_broker_if_needed(keep), _demo_deployment(keep) as settings, _worker(settings) as (worker, log):
+        values = generate(Distribution.MIXED, count, seed=7)
+        started = time.monotonic()
+        for part, fmt in zip(np.array_split(values, 3), _FORMATS, strict=True):
+            console.print(f"producing {part.size:,} numbers as {fmt.value} messages")
+            produce_numbers(part, fmt, 1000, 0.0)
+        console.print(f"waiting for the global estimate to cover all {count:,} numbers ...")
+        record = wait_for_record(settings, lambda r: r.n >= count, timeout, lambda: worker.poll() is not None)
+        elapsed = time.monotonic() - started
+        if record is None or record.n != count:
+            why = "the worker exited" if worker.poll() is not None else f"after {timeout:.0f} s"
+            fail(f"the estimate covered n={record.n if record else 0} of {count}: {why}; see {log}", code=1)
+        out.print(record_table(record))
+        ok = _print_audit(record, values)
+        snapshots = latest_snapshots(settings)
+        medians = ", ".join(f"{s}: {snapshots[s].median.value:.4g}" for s in sorted(snapshots))
+        out.print(f"{len(snapshots)} shards, local medians: {medians}")
+        out.print(
+            f"{count:,} numbers produced and summarised in {elapsed:.1f} s; "
+            f"served median {record.median.value:.6g} vs exact {np.median(values):.6g}"
+        )
+    if not ok:
+        raise typer.Exit(1)
+
+
+def _print_audit(record: MedianRecord, values: npt.NDArray[np.float64]) -> bool:
+    """Print served against exact for every quantile; return whether all are within the bound."""
+    report = Table("quantile", "served", "exact", "true rank of served", "rank error", "bound", "within")
+    ordered = np.sort(values)
+    ok = True
+    for estimate in record.quantiles:
+        check = check_rank(ordered, estimate.q, estimate.band.value)
+        within = check.within(record.rank_error)
+        ok &= within
+        report.add_row(
+            f"{estimate.q:g}", f"{estimate.band.value:.6g}", f"{check.exact:.6g}",
+            f"[{check.rank_low:.5f}, {check.rank_high:.5f}]", f"{check.rank_error:.5f}",
+            f"{record.rank_error:.5f}", "yes" if within else "NO",
+        )  # fmt: skip
+    out.print(report)
+    return ok
+
+
+@contextmanager
+def _local_broker_if_needed(keep: bool) -> Iterator[None]:
+    """Start the local broker when no bootstrap servers are configured (and stop it after, unless kept)."""
     settings = settings_or_exit()
-    started_broker = False
-    if settings.uses_local_broker:
-        broker = local_broker()
-        if not broker.status().answering:
-            console.print(f"starting the local Kafka broker on {broker.bootstrap} ...")
-            try:
-                broker.start()
-            except BrokerError as exc:
-                fail(str(exc))
-            started_broker = True
+    broker = local_broker() if settings.uses_local_broker else None
+    started = False
+    if broker is not None and not broker.status().answering:
+        console.print(f"starting the local Kafka broker on {broker.bootstrap} ...")
+        try:
+            broker.start()
+        except BrokerError as exc:
+            fail(str(exc))
+        started = True
+    try:
+        yield
+    finally:
+        if broker is not None and started and not keep:
+            broker.stop()
+
+
+@contextmanager
+def _demo_deployment(keep: bool) -> Iterator[Settings]:
+    """Topics and an app id of the demo's own, so that its comparison is exact; deleted after."""
     run = f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
-    data_dir = Path(settings.data_dir) / run
+    data_dir = Path(settings_or_exit().data_dir) / run
     data_dir.mkdir(parents=True, exist_ok=True)
     os.environ.update({
         "DMEDIAN_APP_ID": f"dmedian-{run}",
@@ -58,53 +120,30 @@ def demo(
         "DMEDIAN_TOPIC_DEAD_LETTERS": f"{run}-dead-letters",
         "DMEDIAN_DATA_DIR": str(data_dir),
         "DMEDIAN_WEB_PORT": str(free_port()),
-    })
+    })  # fmt: skip
     settings = settings_or_exit()
     ensure_topics()
-    log_path = data_dir / "worker.log"
+    try:
+        yield settings
+    finally:
+        if not keep:
+            names = [settings.topic_numbers, settings.topic_sketches, settings.topic_medians,
+                     settings.topic_dead_letters]  # fmt: skip
+            admin_client(settings).delete_topics(names, operation_timeout=30)
+
+
+@contextmanager
+def _worker(settings: Settings) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
+    """One worker process for the demo, stopped gracefully at the end."""
+    log_path = Path(settings.data_dir) / "worker.log"
     console.print(f"starting a worker (log: {log_path}) ...")
     with log_path.open("wb") as log:
         worker = subprocess.Popen([sys.executable, "-m", "pipeline", "worker"], stdout=log, stderr=subprocess.STDOUT)
     try:
-        values = generate(Distribution.MIXED, count, seed=7)
-        thirds = np.array_split(values, 3)
-        started = time.monotonic()
-        for part, fmt in zip(thirds, (MessageFormat.SINGLE, MessageFormat.JSON_ARRAY, MessageFormat.FLOAT64)):
-            console.print(f"producing {part.size:,} numbers as {fmt.value} messages")
-            produce_numbers(part, fmt, 1000, 0.0)
-        console.print(f"waiting for the global estimate to cover all {count:,} numbers ...")
-        record = wait_for_record(settings, lambda r: r.n >= count, timeout, lambda: worker.poll() is not None)
-        elapsed = time.monotonic() - started
-        if record is None or record.n != count:
-            why = "the worker exited" if worker.poll() is not None else f"after {timeout:.0f} s"
-            fail(f"the estimate covered n={record.n if record else 0} of {count}: {why}; see {log_path}", code=1)
-        out.print(record_table(record))
-        report = Table("quantile", "served", "exact", "true rank of served", "rank error", "bound", "within")
-        ordered = np.sort(values)
-        ok = True
-        for q, served in [(0.5, record.median.value)] + [(e.q, e.band.value) for e in record.quantiles]:
-            check = check_rank(ordered, q, served)
-            ok &= check.within(record.rank_error)
-            report.add_row(f"{q:g}", f"{served:.6g}", f"{check.exact:.6g}",
-                           f"[{check.rank_low:.5f}, {check.rank_high:.5f}]", f"{check.rank_error:.5f}",
-                           f"{record.rank_error:.5f}", "yes" if check.within(record.rank_error) else "NO")
-        out.print(report)
-        snapshots = latest_snapshots(settings)
-        out.print(f"{len(snapshots)} shards, local medians: "
-                  + ", ".join(f"{s}: {snapshots[s].median.value:.4g}" for s in sorted(snapshots)))
-        out.print(f"{count:,} numbers produced and summarised in {elapsed:.1f} s; "
-                  f"served median {record.median.value:.6g} vs exact {np.median(values):.6g}")
-        if not ok:
-            raise typer.Exit(1)
+        yield worker, log_path
     finally:
         worker.send_signal(signal.SIGTERM)
         try:
             worker.wait(60)
         except subprocess.TimeoutExpired:
             worker.kill()
-        if not keep:
-            names = [settings.topic_numbers, settings.topic_sketches, settings.topic_medians,
-                     settings.topic_dead_letters]
-            admin_client(settings).delete_topics(names, operation_timeout=30)
-            if started_broker:
-                local_broker().stop()

@@ -22,13 +22,20 @@ __all__ = ["produce", "produce_numbers"]
 logger = logging.getLogger(__name__)
 
 
-def produce_numbers(values: npt.NDArray[np.float64], fmt: MessageFormat, batch_size: int, rate: float,
-                    topic: str | None = None) -> int:
+def produce_numbers(
+    values: npt.NDArray[np.float64], fmt: MessageFormat, batch_size: int, rate: float, topic: str | None = None
+) -> int:
     """Produce ``values`` to the input topic with a progress bar on a terminal; return messages sent."""
     settings = settings_or_exit()
     messages = -(-values.size // batch_size) if fmt is not MessageFormat.SINGLE else values.size
-    columns = (TextColumn("producing"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
-               TextColumn("{task.fields[rate]}"), TimeRemainingColumn())
+    columns = (
+        TextColumn("producing"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TaskProgressColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeRemainingColumn(),
+    )
     with Progress(*columns, console=console, disable=not console.is_terminal) as progress:
         task = progress.add_task("produce", total=messages, rate="")
 
@@ -39,8 +46,13 @@ def produce_numbers(values: npt.NDArray[np.float64], fmt: MessageFormat, batch_s
                 progress.update(task, rate=f"{progress.tasks[0].completed / elapsed:,.0f} msg/s")
 
         try:
-            return produce_values(producer(settings), topic or settings.topic_numbers,
-                                  encode_messages(values, fmt, batch_size), rate=rate, on_progress=advance)
+            return produce_values(
+                producer(settings),
+                topic or settings.topic_numbers,
+                encode_messages(values, fmt, batch_size),
+                rate=rate,
+                on_progress=advance,
+            )
         except ProduceError as exc:
             fail(str(exc), code=1)
 
@@ -56,14 +68,16 @@ def _read_numbers(source: Path) -> Iterator[float]:
 
 
 def produce(
-    file: Path = typer.Option(None, "--file", "-f", help="Numbers, whitespace or comma separated ('-' for stdin)."),
+    file: Path | None = typer.Option(
+        None, "--file", "-f", help="Numbers, whitespace or comma separated ('-' for stdin)."
+    ),
     distribution: Distribution = typer.Option(Distribution.NORMAL, help="Generator distribution (without --file)."),
     count: int = typer.Option(1_000_000, min=1, help="How many numbers to generate."),
     fmt: MessageFormat = typer.Option(MessageFormat.SINGLE, "--format", help="Message encoding."),
     batch_size: int = typer.Option(1000, min=1, help="Numbers per message for json-array and float64."),
     rate: float = typer.Option(0.0, min=0.0, help="Messages per second (0: as fast as possible)."),
     seed: int = typer.Option(0, help="Generator seed."),
-    save: Path = typer.Option(None, help="Also save the numbers produced as .npy (for exact comparison)."),
+    save: Path | None = typer.Option(None, help="Also save the numbers produced as .npy (for exact comparison)."),
 ) -> None:
     """Produce numbers to the input topic with confluent-kafka."""
     if file is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import orjson
 import typer
@@ -27,7 +27,7 @@ def _fmt(value: float) -> str:
 
 def record_table(record: MedianRecord, rate: float | None = None) -> Table:
     """A record as a rich table."""
-    when = datetime.fromtimestamp(record.ts / 1000, tz=timezone.utc).strftime("%H:%M:%S.%f")[:-3]
+    when = datetime.fromtimestamp(record.ts / 1000, tz=UTC).strftime("%H:%M:%S.%f")[:-3]
     title = f"n={record.n:,}  shards={record.shards}  rank error=±{record.rank_error:.4%}  at {when} UTC"
     if rate is not None:
         title += f"  ingest {rate:,.0f}/s"
@@ -87,11 +87,32 @@ def shards(json_lines: bool = typer.Option(False, "--json", help="One JSON line 
     for shard in sorted(latest):
         s = latest[shard]
         if json_lines:
-            typer.echo(orjson.dumps({"shard": shard, "n": s.n, "median": s.median.value, "lower": s.median.lower,
-                                     "upper": s.median.upper, "rank_error": s.rank_error,
-                                     "last_offset": s.last_offset, "rejected": s.rejected, "ts": s.ts},
-                                    option=orjson.OPT_SERIALIZE_NUMPY).decode())
-        table.add_row(str(shard), f"{s.n:,}", _fmt(s.median.value), _fmt(s.median.lower), _fmt(s.median.upper),
-                      f"±{s.rank_error:.3%}", str(s.last_offset), str(s.rejected), f"{(now - s.ts) / 1000:.1f}s")
+            typer.echo(
+                orjson.dumps(
+                    {
+                        "shard": shard,
+                        "n": s.n,
+                        "median": s.median.value,
+                        "lower": s.median.lower,
+                        "upper": s.median.upper,
+                        "rank_error": s.rank_error,
+                        "last_offset": s.last_offset,
+                        "rejected": s.rejected,
+                        "ts": s.ts,
+                    },
+                    option=orjson.OPT_SERIALIZE_NUMPY,
+                ).decode()
+            )
+        table.add_row(
+            str(shard),
+            f"{s.n:,}",
+            _fmt(s.median.value),
+            _fmt(s.median.lower),
+            _fmt(s.median.upper),
+            f"±{s.rank_error:.3%}",
+            str(s.last_offset),
+            str(s.rejected),
+            f"{(now - s.ts) / 1000:.1f}s",
+        )
     if not json_lines:
         out.print(table)

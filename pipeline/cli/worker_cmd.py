@@ -18,8 +18,8 @@ logger = logging.getLogger(__name__)
 
 
 def worker(
-    data_dir: Path = typer.Option(None, help="State directory (setting data_dir); one per worker."),
-    web_port: int = typer.Option(None, help="HTTP port (setting web_port); one per worker on a host."),
+    data_dir: Path | None = typer.Option(None, help="State directory (setting data_dir); one per worker."),
+    web_port: int | None = typer.Option(None, help="HTTP port (setting web_port); one per worker on a host."),
 ) -> None:
     """Run a worker: shard agents for its partitions and, on one worker, the aggregator."""
     settings = settings_or_exit(data_dir=data_dir, web_port=web_port)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import enum
 import json
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -51,9 +52,11 @@ _EMPTY = np.empty(0, dtype=np.float64)
 # only these (with one leading ``[`` and one trailing ``]``) is a flat numeric
 # array: no strings, booleans, nulls, objects or nesting can hide in it.
 _NUMERIC_JSON_BYTES = b"0123456789+-.eE, \t\r\n"
+# Values up to this size may be JSON scalars and join the one-parse fast path.
+_SCALAR_FAST_PATH_BYTES = 64
 
 
-class Reason(str, enum.Enum):
+class Reason(enum.StrEnum):
     """Why a value (or an element of a batch) was rejected."""
 
     EMPTY = "empty"
@@ -71,7 +74,10 @@ class CodecOptions:
     """How strict decoding is."""
 
     accept_infinity: bool = False
-    """Accept +-inf (float64 blocks only: JSON has no infinity). NaN is always rejected."""
+    """Accept +-inf: from float64 blocks, or JSON numbers that overflow a double (``1e400``).
+
+    Off by default: one infinity makes every mean-like statistic meaningless and
+    usually means a broken source. NaN is always rejected (it has no rank)."""
     max_value_bytes: int = 8 * 1024 * 1024
     """Values larger than this are rejected as ``too_large`` before parsing."""
 
@@ -134,7 +140,8 @@ def decode_batch(values: Sequence[bytes | None], options: CodecOptions = CodecOp
     rejections: list[Rejection] = []
     json_run: list[int] = []
     for index, value in enumerate(values):
-        if value and value[:4] != FLOAT64_MAGIC and value[0:1] != b"[" and len(value) <= 64:
+        short = len(value or b"") <= min(_SCALAR_FAST_PATH_BYTES, options.max_value_bytes)
+        if value and short and value[:4] != FLOAT64_MAGIC and value[0:1] != b"[":
             json_run.append(index)
             continue
         if json_run:
@@ -203,13 +210,13 @@ def _decode_float64_block(value: bytes, options: CodecOptions, index: int) -> tu
 
 def _decode_json(value: bytes, options: CodecOptions, index: int) -> tuple[FloatArray, Rejection | None]:
     stripped = value.strip()
-    if stripped[:1] == b"[" and stripped[-1:] == b"]" and stripped.count(b"[") == 1:
-        if not stripped[1:-1].translate(None, _NUMERIC_JSON_BYTES):
-            # Flat array of numbers only: one parse, one conversion.
-            try:
-                return _parsed_array(_loads(stripped), options, index)
-            except ValueError as exc:
-                return _EMPTY, Rejection(index, Reason.MALFORMED_JSON, str(exc))
+    flat = stripped[:1] == b"[" and stripped[-1:] == b"]" and stripped.count(b"[") == 1
+    if flat and not stripped[1:-1].translate(None, _NUMERIC_JSON_BYTES):
+        # Flat array of numbers only: one parse, one conversion.
+        try:
+            return _parsed_array(_loads(stripped), options, index)
+        except ValueError as exc:
+            return _EMPTY, Rejection(index, Reason.MALFORMED_JSON, str(exc))
     try:
         parsed = _loads(value)
     except ValueError as exc:
@@ -239,7 +246,9 @@ def _loads(value: bytes) -> object:
         if "infinity" not in str(exc):
             raise ValueError(str(exc)) from None
     try:
-        return json.loads(value, parse_constant=_reject_constant)
+        # parse_int=float: an integer beyond a double's range becomes inf (then
+        # rejected as non_finite) instead of raising OverflowError later.
+        return json.loads(value, parse_constant=_reject_constant, parse_int=float)
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise ValueError(str(exc)) from None
 
@@ -261,7 +270,7 @@ def _mixed_array(items: list[object], options: CodecOptions, index: int) -> tupl
             bad.append(BadElement(position, Reason.NOT_A_NUMBER))
         elif isinstance(item, list):
             bad.append(BadElement(position, Reason.NESTED_ARRAY))
-        elif item != item or item in (float("inf"), float("-inf")):
+        elif not (math.isfinite(item) or (options.accept_infinity and math.isinf(item))):
             bad.append(BadElement(position, Reason.NON_FINITE))
         else:
             good.append(float(item))

@@ -59,8 +59,9 @@ def ingest_records(state: ShardState, records: Sequence[RawRecord], options: Cod
     fresh = [record for record in records if state.is_new(record.offset)]
     skipped = len(records) - len(fresh)
     if skipped:
-        logger.info("shard %d: skipped %d records already applied (up to offset %d)",
-                    state.shard, skipped, state.last_offset)
+        logger.info(
+            "shard %d: skipped %d records already applied (up to offset %d)", state.shard, skipped, state.last_offset
+        )
     if not fresh:
         return IngestResult(0, skipped, (), advanced=False)
     decoded = decode_batch([record.value for record in fresh], options)

@@ -98,5 +98,7 @@ class ShardState:
         try:
             sketch = datasketches.kll_doubles_sketch.deserialize(envelope.payload)
             return cls(int(header["shard"]), sketch, int(header["last_offset"]), dict(header["rejected"]))
-        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        # Whatever the sketch deserializer raises on damaged bytes (IndexError when
+        # truncated, RuntimeError, ...) is a bad state, reported as such.
+        except Exception as exc:
             raise EnvelopeError("bad_state", repr(exc)) from None

@@ -45,8 +45,8 @@ SnapshotError = EnvelopeError
 
 
 def quantile_key(q: float) -> str:
-    """The JSON key of quantile ``q`` (``0.5`` -> ``"0.5"``)."""
-    return format(q, "g")
+    """The JSON key of quantile ``q`` (``0.5`` -> ``"0.5"``): the shortest repr that round-trips."""
+    return repr(float(q))
 
 
 @dataclass(frozen=True)
@@ -142,10 +142,14 @@ class SketchSnapshot:
 
     def _check_sketch(self) -> None:
         if self.shard < 0 or self.n < 0 or self.last_offset < -1:
-            raise SnapshotError("bad_header", f"negative shard, n or offset in {self.shard}/{self.n}/{self.last_offset}")
+            raise SnapshotError(
+                "bad_header", f"negative shard, n or offset in {self.shard}/{self.n}/{self.last_offset}"
+            )
         try:
             sketch = self.sketch()
-        except (RuntimeError, ValueError, TypeError) as exc:
+        # The bytes are untrusted: whatever the C++ deserializer raises (IndexError
+        # for a truncated buffer, RuntimeError, ValueError, ...) is a bad sketch.
+        except Exception as exc:
             raise SnapshotError("bad_sketch", f"sketch does not deserialize: {exc}") from None
         if int(sketch.n) != self.n or int(sketch.k) != self.k:
             raise SnapshotError(

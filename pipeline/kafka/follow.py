@@ -18,7 +18,9 @@ __all__ = ["follow_medians", "latest_snapshots", "wait_for_record"]
 logger = logging.getLogger(__name__)
 
 
-def follow_medians(settings: Settings, from_beginning: bool = False, poll_s: float = 0.5) -> Iterator[MedianRecord | None]:
+def follow_medians(
+    settings: Settings, from_beginning: bool = False, poll_s: float = 0.5
+) -> Iterator[MedianRecord | None]:
     """Yield each new ``medians`` record as it arrives; yield None on every idle poll.
 
     With ``from_beginning`` false it starts at the last record already there, so a
@@ -39,8 +41,11 @@ def follow_medians(settings: Settings, from_beginning: bool = False, poll_s: flo
             if message.error():
                 logger.warning("medians: %s", message.error())
                 continue
+            value = message.value()
+            if value is None:
+                continue
             try:
-                yield MedianRecord.from_json(message.value())
+                yield MedianRecord.from_json(value)
             except (ValueError, KeyError) as exc:
                 logger.warning("skipping unreadable medians record at offset %d: %s", message.offset(), exc)
     finally:
@@ -85,21 +90,23 @@ def latest_snapshots(settings: Settings, timeout_s: float = 30.0) -> dict[int, S
             message = client.poll(0.5)
             if message is None:
                 continue
-            if message.error():
-                if message.error().code() == KafkaError._PARTITION_EOF:
+            error = message.error()
+            if error is not None:
+                if error.code() == KafkaError._PARTITION_EOF:
                     break
                 continue
-            if message.value() is None:
+            value = message.value()
+            if value is None:
                 latest.pop(int(message.key() or b"-1"), None)
             else:
                 try:
-                    snapshot = SketchSnapshot.from_bytes(message.value())
+                    snapshot = SketchSnapshot.from_bytes(value)
                 except SnapshotError:
                     continue
                 held = latest.get(snapshot.shard)
                 if held is None or snapshot.last_offset >= held.last_offset:
                     latest[snapshot.shard] = snapshot
-            if message.offset() >= high - 1:
+            if (message.offset() or 0) >= high - 1:
                 break
     finally:
         client.close()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import numpy.typing as npt
@@ -17,7 +17,7 @@ __all__ = ["Distribution", "MessageFormat", "encode_messages", "generate"]
 logger = logging.getLogger(__name__)
 
 
-class Distribution(str, enum.Enum):
+class Distribution(enum.StrEnum):
     """Shapes of synthetic data."""
 
     NORMAL = "normal"
@@ -29,7 +29,7 @@ class Distribution(str, enum.Enum):
     MIXED = "mixed"
 
 
-class MessageFormat(str, enum.Enum):
+class MessageFormat(enum.StrEnum):
     """How numbers are packed into message values."""
 
     SINGLE = "single"
@@ -42,22 +42,26 @@ class MessageFormat(str, enum.Enum):
 
 def generate(distribution: Distribution, count: int, seed: int = 0) -> npt.NDArray[np.float64]:
     """``count`` numbers drawn from ``distribution`` (deterministic for a seed)."""
+    if distribution is Distribution.MIXED:
+        parts = [
+            generate(d, count // 3 + (i < count % 3), seed + i)
+            for i, d in enumerate((Distribution.NORMAL, Distribution.PARETO, Distribution.SORTED))
+        ]
+        return np.concatenate(parts)
     rng = np.random.default_rng(seed)
-    if distribution is Distribution.NORMAL:
-        return rng.normal(100.0, 15.0, count)
-    if distribution is Distribution.LOGNORMAL:
-        return rng.lognormal(3.0, 1.0, count)
-    if distribution is Distribution.PARETO:
-        return (rng.pareto(1.1, count) + 1.0) * 10.0
-    if distribution is Distribution.UNIFORM:
-        return rng.uniform(-1000.0, 1000.0, count)
-    if distribution is Distribution.BIMODAL:
-        return np.where(rng.random(count) < 0.5, rng.normal(-50.0, 5.0, count), rng.normal(50.0, 5.0, count))
-    if distribution is Distribution.SORTED:
-        return np.sort(rng.normal(0.0, 1.0, count))
-    parts = [generate(d, count // 3 + (i < count % 3), seed + i)
-             for i, d in enumerate((Distribution.NORMAL, Distribution.PARETO, Distribution.SORTED))]
-    return np.concatenate(parts)
+    draw: dict[Distribution, Callable[[], npt.NDArray[np.float64]]] = {
+        Distribution.NORMAL: lambda: rng.normal(100.0, 15.0, count),
+        Distribution.LOGNORMAL: lambda: rng.lognormal(3.0, 1.0, count),
+        # Heavy-tailed: alpha 1.1 has a finite mean but no variance.
+        Distribution.PARETO: lambda: (rng.pareto(1.1, count) + 1.0) * 10.0,
+        Distribution.UNIFORM: lambda: rng.uniform(-1000.0, 1000.0, count),
+        # Two modes with a gap at the median, the worst case for interpolating estimators.
+        Distribution.BIMODAL: lambda: np.where(
+            rng.random(count) < 0.5, rng.normal(-50.0, 5.0, count), rng.normal(50.0, 5.0, count)
+        ),
+        Distribution.SORTED: lambda: np.sort(rng.normal(0.0, 1.0, count)),
+    }
+    return draw[distribution]()
 
 
 def encode_messages(values: npt.NDArray[np.float64], fmt: MessageFormat, batch_size: int = 1000) -> Iterator[bytes]:
@@ -69,5 +73,8 @@ def encode_messages(values: npt.NDArray[np.float64], fmt: MessageFormat, batch_s
         return
     for start in range(0, values.size, batch_size):
         chunk = values[start : start + batch_size]
-        yield orjson.dumps(chunk, option=orjson.OPT_SERIALIZE_NUMPY) if fmt is MessageFormat.JSON_ARRAY \
+        yield (
+            orjson.dumps(chunk, option=orjson.OPT_SERIALIZE_NUMPY)
+            if fmt is MessageFormat.JSON_ARRAY
             else encode_float64_block(chunk)
+        )

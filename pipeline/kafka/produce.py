@@ -13,6 +13,10 @@ __all__ = ["ProduceError", "produce_values"]
 logger = logging.getLogger(__name__)
 
 
+_ANY_PARTITION = -1
+"""librdkafka's 'unassigned' partition: let the configured partitioner choose."""
+
+
 class ProduceError(RuntimeError):
     """A message could not be delivered."""
 
@@ -39,18 +43,18 @@ def produce_values(
     """
     failures: list[str] = []
 
-    def delivered(err: object, msg: object) -> None:
+    def delivered(err: object, _msg: object) -> None:
         if err is not None:
             failures.append(str(err))
 
     started = time.monotonic()
     sent = 0
     for sent, value in enumerate(values, start=1):
-        extra = {"partition": partition(sent)} if partition else {}
+        target = partition(sent) if partition else _ANY_PARTITION
         message_key = key(sent) if key else None
         while True:
             try:
-                producer.produce(topic, value=value, key=message_key, on_delivery=delivered, **extra)
+                producer.produce(topic, value=value, key=message_key, partition=target, on_delivery=delivered)
                 break
             except BufferError:
                 producer.poll(0.05)  # the local queue is full: let deliveries drain it
@@ -69,4 +73,3 @@ def produce_values(
     if failures:
         raise ProduceError(f"{len(failures)} messages failed, first: {failures[0]}")
     return sent
-

@@ -48,8 +48,11 @@ class WorkerProcess:
     def start(self) -> WorkerProcess:
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "pipeline", "worker"], env=self._env, cwd=REPO,
-                stdout=log, stderr=subprocess.STDOUT,
+                [sys.executable, "-m", "pipeline", "worker"],
+                env=self._env,
+                cwd=REPO,
+                stdout=log,
+                stderr=subprocess.STDOUT,
             )
         return self
 
@@ -89,20 +92,22 @@ class Deployment:
         run = uuid.uuid4().hex[:10]
         tmp.mkdir(parents=True, exist_ok=True)
         self.tmp = tmp
-        self.env = {
-            key: value for key, value in os.environ.items() if not key.startswith("DMEDIAN_")
-        } | {
-            "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-            "DMEDIAN_APP_ID": f"test-{run}",
-            "DMEDIAN_TOPIC_NUMBERS": f"test-{run}-numbers",
-            "DMEDIAN_TOPIC_SKETCHES": f"test-{run}-sketches",
-            "DMEDIAN_TOPIC_MEDIANS": f"test-{run}-medians",
-            "DMEDIAN_TOPIC_DEAD_LETTERS": f"test-{run}-dead-letters",
-            "DMEDIAN_NUMBERS_PARTITIONS": str(partitions),
-            "DMEDIAN_EMIT_INTERVAL_MS": "100",
-            "DMEDIAN_PUBLISH_INTERVAL_MS": "100",
-            "DMEDIAN_LOG_LEVEL": "info",
-        } | {f"DMEDIAN_{key.upper()}": value for key, value in settings.items()}
+        self.env = (
+            {key: value for key, value in os.environ.items() if not key.startswith("DMEDIAN_")}
+            | {
+                "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+                "DMEDIAN_APP_ID": f"test-{run}",
+                "DMEDIAN_TOPIC_NUMBERS": f"test-{run}-numbers",
+                "DMEDIAN_TOPIC_SKETCHES": f"test-{run}-sketches",
+                "DMEDIAN_TOPIC_MEDIANS": f"test-{run}-medians",
+                "DMEDIAN_TOPIC_DEAD_LETTERS": f"test-{run}-dead-letters",
+                "DMEDIAN_NUMBERS_PARTITIONS": str(partitions),
+                "DMEDIAN_EMIT_INTERVAL_MS": "100",
+                "DMEDIAN_PUBLISH_INTERVAL_MS": "100",
+                "DMEDIAN_LOG_LEVEL": "info",
+            }
+            | {f"DMEDIAN_{key.upper()}": value for key, value in settings.items()}
+        )
         self.settings: Settings = load_settings(environ=self.env)
         self.workers: list[WorkerProcess] = []
         create_topics(admin_client(self.settings), topic_set(self.settings))
@@ -114,19 +119,34 @@ class Deployment:
         self.workers.append(worker.start())
         return worker
 
-    def produce(self, values: npt.NDArray[np.float64], fmt: MessageFormat, batch_size: int = 1000,
-                partition: Callable[[int], int] | None = None) -> int:
-        return produce_values(producer(self.settings), self.settings.topic_numbers,
-                              encode_messages(values, fmt, batch_size), partition=partition)
+    def produce(
+        self,
+        values: npt.NDArray[np.float64],
+        fmt: MessageFormat,
+        batch_size: int = 1000,
+        partition: Callable[[int], int] | None = None,
+    ) -> int:
+        return produce_values(
+            producer(self.settings),
+            self.settings.topic_numbers,
+            encode_messages(values, fmt, batch_size),
+            partition=partition,
+        )
 
     def produce_raw(self, values: list[bytes], partition: int | None = None) -> int:
-        return produce_values(producer(self.settings), self.settings.topic_numbers, iter(values),
-                              partition=(lambda _: partition) if partition is not None else None)
+        return produce_values(
+            producer(self.settings),
+            self.settings.topic_numbers,
+            iter(values),
+            partition=(lambda _: partition) if partition is not None else None,
+        )
 
     def wait_for_n(self, n: int, timeout_s: float = 180.0) -> MedianRecord:
         """The first ``medians`` record with exactly ``n`` numbers; fails on timeout or a dead worker."""
         record = wait_for_record(
-            self.settings, lambda r: r.n >= n, timeout_s,
+            self.settings,
+            lambda r: r.n >= n,
+            timeout_s,
             give_up=lambda: bool(self.workers) and not any(w.alive for w in self.workers),
         )
         assert record is not None, f"no medians record within {timeout_s} s\n{self.worker_logs()}"
@@ -136,7 +156,9 @@ class Deployment:
     def snapshots(self) -> dict[int, SketchSnapshot]:
         return latest_snapshots(self.settings)
 
-    def read_topic(self, topic: str, partitions: int = 1, timeout_s: float = 30.0) -> Iterator[tuple[int, bytes | None, bytes | None]]:
+    def read_topic(
+        self, topic: str, partitions: int = 1, timeout_s: float = 30.0
+    ) -> Iterator[tuple[int, bytes | None, bytes | None]]:
         """Every record of ``topic`` as (partition, key, value), read to the end."""
         client = consumer(self.settings, f"test-reader-{uuid.uuid4().hex[:8]}")
         try:

@@ -13,6 +13,7 @@ from pipeline.core.codec import encode_float64_block
 from pipeline.core.exact import check_rank
 from pipeline.core.wire import MedianRecord
 from pipeline.kafka.generate import Distribution, MessageFormat, generate
+from pipeline.kafka.follow import wait_for_record
 from tests.integration.harness import Deployment
 
 pytestmark = pytest.mark.integration
@@ -28,12 +29,14 @@ def _shard_data(values: FloatArray, fmt: MessageFormat, batch: int, partitions: 
     """Which numbers land in which partition when messages go round robin."""
     size = 1 if fmt is MessageFormat.SINGLE else batch
     messages = np.array_split(values, np.arange(size, values.size, size))
-    return [np.concatenate(messages[p::partitions]) if messages[p::partitions] else np.empty(0)
-            for p in range(partitions)]
+    return [
+        np.concatenate(messages[p::partitions]) if messages[p::partitions] else np.empty(0) for p in range(partitions)
+    ]
 
 
-def _produce_mixed(deployment: Deployment, parts: list[tuple[FloatArray, MessageFormat]],
-                   partitions: int) -> list[FloatArray]:
+def _produce_mixed(
+    deployment: Deployment, parts: list[tuple[FloatArray, MessageFormat]], partitions: int
+) -> list[FloatArray]:
     shards: list[list[FloatArray]] = [[] for _ in range(partitions)]
     for values, fmt in parts:
         deployment.produce(values, fmt, 1000, partition=_round_robin(partitions))
@@ -122,12 +125,11 @@ def test_bad_input_goes_to_dead_letters_with_its_reason_and_good_numbers_count(
 ) -> None:
     deployment = deploy(2)
     deployment.worker()
-    bad = [b"", b"hello", b"{\"a\": 1}", b"[[2]]", b"NaN", b"\"5\"", b"1e400", b"true",
-           encode_float64_block([1.0])[:-3]]
+    bad = [b"", b"hello", b'{"a": 1}', b"[[2]]", b"NaN", b'"5"', b"1e400", b"true", encode_float64_block([1.0])[:-3]]
     expected = {"empty", "malformed_json", "not_a_number", "nested_array", "non_finite", "bad_float64_block"}
     partial = orjson.dumps([1.0, "x", 2.0, None, 3.0])  # three good numbers, two bad elements
     good = [orjson.dumps(float(v)) for v in range(100)]
-    deployment.produce_raw(bad + [partial] + good, partition=0)
+    deployment.produce_raw([*bad, partial, *good], partition=0)
 
     record = deployment.wait_for_n(103)
 
@@ -142,3 +144,21 @@ def test_bad_input_goes_to_dead_letters_with_its_reason_and_good_numbers_count(
     assert by_offset[len(bad)].bad_elements == ((1, "not_a_number"), (3, "not_a_number"))
     # One count per rejected message, one per rejected element of the partial batch.
     assert record.rejected == len(bad) + 2
+
+
+def test_sigkill_mid_stream_then_restart_counts_every_number_once(deploy: Callable[..., Deployment]) -> None:
+    deployment = deploy(4)
+    worker = deployment.worker("crashing")
+    values = generate(Distribution.NORMAL, 60_000, seed=8)
+    deployment.produce(values, MessageFormat.SINGLE)  # slow per-message path: the crash lands mid-stream
+    partway = wait_for_record(deployment.settings, lambda r: r.n > 0, 120)
+    assert partway is not None, deployment.worker_logs()
+    worker.kill()
+    assert partway.n < values.size, "the worker finished before the crash; the test proves nothing"
+
+    # Same data dir: local RocksDB state plus the changelog; replayed records after
+    # the last commit must be skipped by the stored source offset, not counted twice.
+    deployment.worker("restarted", data_dir=worker.data_dir)
+    record = deployment.wait_for_n(values.size)
+
+    _assert_within_bounds(record, values)
