@@ -12,8 +12,8 @@ import pytest
 from pipeline.core.codec import encode_float64_block
 from pipeline.core.exact import check_rank
 from pipeline.core.wire import MedianRecord
-from pipeline.kafka.generate import Distribution, MessageFormat, generate
 from pipeline.kafka.follow import wait_for_record
+from pipeline.kafka.generate import Distribution, MessageFormat, generate
 from tests.integration.harness import Deployment
 
 pytestmark = pytest.mark.integration

@@ -1,0 +1,125 @@
+#!/usr/bin/env python3
+"""Throughput and end-to-end accuracy of ONE worker, per message format.
+
+For each workload the input topic is filled first, then one worker is started
+and the rate is taken from the ``medians`` records' own timestamps, between the
+first record with n > 0 and the one covering every number (so worker start-up
+is not counted). The served quantiles are then audited against the exact ones.
+
+    .venv/bin/python scripts/bench_pipeline.py                 # local broker on a free port
+    KAFKA_BOOTSTRAP_SERVERS=host:9092 .venv/bin/python scripts/bench_pipeline.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from contextlib import ExitStack
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from config import load_settings  # noqa: E402
+from pipeline.core.exact import check_rank  # noqa: E402
+from pipeline.kafka.clients import admin_client, producer  # noqa: E402
+from pipeline.kafka.follow import wait_for_record  # noqa: E402
+from pipeline.kafka.generate import Distribution, MessageFormat, encode_messages, generate  # noqa: E402
+from pipeline.kafka.produce import produce_values  # noqa: E402
+from pipeline.localbroker import LocalBroker, LocalBrokerOptions, find_free_port_pair, free_port  # noqa: E402
+from topics import topic_set  # noqa: E402
+from topics.admin import create_topics  # noqa: E402
+
+WORKLOADS = {
+    "single": (MessageFormat.SINGLE, 1),
+    "json-array-1000": (MessageFormat.JSON_ARRAY, 1000),
+    "float64-1000": (MessageFormat.FLOAT64, 1000),
+}
+
+
+def run_workload(bootstrap: str, name: str, numbers: int, partitions: int, tmp: Path) -> dict[str, float]:
+    fmt, batch = WORKLOADS[name]
+    run = f"bench-{uuid.uuid4().hex[:8]}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DMEDIAN_")} | {
+        "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "DMEDIAN_APP_ID": run,
+        "DMEDIAN_TOPIC_NUMBERS": f"{run}-numbers",
+        "DMEDIAN_TOPIC_SKETCHES": f"{run}-sketches",
+        "DMEDIAN_TOPIC_MEDIANS": f"{run}-medians",
+        "DMEDIAN_TOPIC_DEAD_LETTERS": f"{run}-dead-letters",
+        "DMEDIAN_NUMBERS_PARTITIONS": str(partitions),
+        "DMEDIAN_DATA_DIR": str(tmp / run),
+        "DMEDIAN_WEB_PORT": str(free_port()),
+        "DMEDIAN_LOG_LEVEL": "warning",
+    }
+    settings = load_settings(environ=env)
+    create_topics(admin_client(settings), topic_set(settings))
+    values = generate(Distribution.LOGNORMAL, numbers, seed=11)
+    messages = produce_values(producer(settings), settings.topic_numbers, encode_messages(values, fmt, batch))
+    log = (tmp / f"{run}.log").open("wb")
+    worker = subprocess.Popen([sys.executable, "-m", "pipeline", "worker"], env=env, cwd=REPO,
+                              stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+    try:
+        first = wait_for_record(settings, lambda r: r.n > 0, 120, lambda: worker.poll() is not None)
+        last = wait_for_record(settings, lambda r: r.n >= numbers, 900, lambda: worker.poll() is not None)
+    finally:
+        worker.terminate()
+        worker.wait(60)
+        log.close()
+    if first is None or last is None or last.n != numbers:
+        raise SystemExit(f"{name}: incomplete (n={last.n if last else 0} of {numbers}); see {log.name}")
+    seconds = max((last.ts - first.ts) / 1000, 1e-3)
+    ordered = np.sort(values)
+    worst = max(check_rank(ordered, e.q, e.band.value).rank_error for e in last.quantiles)
+    admin_client(settings).delete_topics(
+        [settings.topic_numbers, settings.topic_sketches, settings.topic_medians, settings.topic_dead_letters]
+    )
+    counted = last.n - first.n
+    return {
+        "messages": messages,
+        "msgs_per_s": counted / batch / seconds,
+        "numbers_per_s": counted / seconds,
+        "worst_rank_error": worst,
+        "bound": last.rank_error,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--single", type=int, default=300_000, help="numbers for the single-number workload")
+    parser.add_argument("--batched", type=int, default=5_000_000, help="numbers for each batched workload")
+    parser.add_argument("--partitions", type=int, default=8)
+    args = parser.parse_args()
+    with ExitStack() as stack:
+        tmp = Path(tempfile.mkdtemp(prefix="dmedian-bench-"))
+        stack.callback(shutil.rmtree, tmp, ignore_errors=True)
+        bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "")
+        if not bootstrap:
+            port, controller = find_free_port_pair()
+            broker = LocalBroker(LocalBrokerOptions(port=port, controller_port=controller, home=tmp / "broker"))
+            broker.start()
+            stack.callback(broker.reset)
+            bootstrap = broker.bootstrap
+        print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+              f"Python {platform.python_version()}, broker {bootstrap}, {args.partitions} partitions")  # fmt: skip
+        print(f"{'workload':<18}{'numbers':>12}{'msgs/s':>12}{'numbers/s':>14}{'worst rank err':>16}{'bound':>9}")
+        for name in WORKLOADS:
+            numbers = args.single if name == "single" else args.batched
+            started = time.monotonic()
+            r = run_workload(bootstrap, name, numbers, args.partitions, tmp)
+            print(f"{name:<18}{numbers:>12,}{r['msgs_per_s']:>12,.0f}{r['numbers_per_s']:>14,.0f}"
+                  f"{r['worst_rank_error']:>16.5f}{r['bound']:>9.5f}   ({time.monotonic() - started:.0f} s)",
+                  flush=True)  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
