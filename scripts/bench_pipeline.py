@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
 """Throughput and end-to-end accuracy of ONE worker, per message format.
 
-For each workload the input topic is filled first, then one worker is started
-and the rate is taken from the ``medians`` records' own timestamps, between the
-first record with n > 0 and the one covering every number (so worker start-up
-is not counted). The served quantiles are then audited against the exact ones.
+For each workload the input topic is filled first, then one worker is started.
+The ingest rate comes from the shards' own snapshots on ``sketches`` (their
+timestamps and counts), from the first snapshot to the one completing the input,
+so worker start-up is not counted. The served quantiles of the final ``medians``
+record are audited against the exact ones, and the time from the last snapshot to
+that record (the aggregator's lag under full load) is printed too.
 
     .venv/bin/python scripts/bench_pipeline.py                 # local broker on a free port
     KAFKA_BOOTSTRAP_SERVERS=host:9092 .venv/bin/python scripts/bench_pipeline.py
@@ -29,9 +31,12 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from config import load_settings  # noqa: E402
+from confluent_kafka import OFFSET_BEGINNING, TopicPartition  # noqa: E402
+
+from config import Settings, load_settings  # noqa: E402
 from pipeline.core.exact import check_rank  # noqa: E402
-from pipeline.kafka.clients import admin_client, producer  # noqa: E402
+from pipeline.core.wire import SketchSnapshot  # noqa: E402
+from pipeline.kafka.clients import admin_client, consumer, producer  # noqa: E402
 from pipeline.kafka.follow import wait_for_record  # noqa: E402
 from pipeline.kafka.generate import Distribution, MessageFormat, encode_messages, generate  # noqa: E402
 from pipeline.kafka.produce import produce_values  # noqa: E402
@@ -46,21 +51,50 @@ WORKLOADS = {
 }
 
 
-def run_workload(bootstrap: str, name: str, numbers: int, partitions: int, tmp: Path) -> dict[str, float]:
+def ingest_timeline(settings: Settings) -> list[tuple[int, int]]:
+    """(timestamp ms, numbers summarised by all shards) after each snapshot, in order."""
+    client = consumer(settings, f"bench-{uuid.uuid4().hex[:8]}")
+    tp = TopicPartition(settings.topic_sketches, 0, OFFSET_BEGINNING)
+    end = client.get_watermark_offsets(tp, timeout=10)[1]
+    client.assign([tp])
+    latest: dict[int, int] = {}
+    timeline = []
+    try:
+        while end:
+            message = client.poll(1.0)
+            if message is None or message.error() or message.value() is None:
+                continue
+            snapshot = SketchSnapshot.from_bytes(message.value())
+            latest[snapshot.shard] = max(latest.get(snapshot.shard, 0), snapshot.n)
+            timeline.append((snapshot.ts, sum(latest.values())))
+            if message.offset() >= end - 1:
+                break
+    finally:
+        client.close()
+    return timeline
+
+
+def run_workload(
+    bootstrap: str, name: str, numbers: int, partitions: int, tmp: Path, overrides: dict[str, str]
+) -> dict[str, float]:
     fmt, batch = WORKLOADS[name]
     run = f"bench-{uuid.uuid4().hex[:8]}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DMEDIAN_")} | {
-        "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-        "DMEDIAN_APP_ID": run,
-        "DMEDIAN_TOPIC_NUMBERS": f"{run}-numbers",
-        "DMEDIAN_TOPIC_SKETCHES": f"{run}-sketches",
-        "DMEDIAN_TOPIC_MEDIANS": f"{run}-medians",
-        "DMEDIAN_TOPIC_DEAD_LETTERS": f"{run}-dead-letters",
-        "DMEDIAN_NUMBERS_PARTITIONS": str(partitions),
-        "DMEDIAN_DATA_DIR": str(tmp / run),
-        "DMEDIAN_WEB_PORT": str(free_port()),
-        "DMEDIAN_LOG_LEVEL": "warning",
-    }
+    env = (
+        {k: v for k, v in os.environ.items() if not k.startswith("DMEDIAN_")}
+        | {
+            "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+            "DMEDIAN_APP_ID": run,
+            "DMEDIAN_TOPIC_NUMBERS": f"{run}-numbers",
+            "DMEDIAN_TOPIC_SKETCHES": f"{run}-sketches",
+            "DMEDIAN_TOPIC_MEDIANS": f"{run}-medians",
+            "DMEDIAN_TOPIC_DEAD_LETTERS": f"{run}-dead-letters",
+            "DMEDIAN_NUMBERS_PARTITIONS": str(partitions),
+            "DMEDIAN_DATA_DIR": str(tmp / run),
+            "DMEDIAN_WEB_PORT": str(free_port()),
+            "DMEDIAN_LOG_LEVEL": "warning",
+        }
+        | {f"DMEDIAN_{key.upper()}": value for key, value in overrides.items()}
+    )
     settings = load_settings(environ=env)
     create_topics(admin_client(settings), topic_set(settings))
     values = generate(Distribution.LOGNORMAL, numbers, seed=11)
@@ -69,23 +103,25 @@ def run_workload(bootstrap: str, name: str, numbers: int, partitions: int, tmp: 
     worker = subprocess.Popen([sys.executable, "-m", "pipeline", "worker"], env=env, cwd=REPO,
                               stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
     try:
-        first = wait_for_record(settings, lambda r: r.n > 0, 120, lambda: worker.poll() is not None)
         last = wait_for_record(settings, lambda r: r.n >= numbers, 900, lambda: worker.poll() is not None)
     finally:
         worker.terminate()
         worker.wait(60)
         log.close()
-    if first is None or last is None or last.n != numbers:
+    if last is None or last.n != numbers:
         raise SystemExit(f"{name}: incomplete (n={last.n if last else 0} of {numbers}); see {log.name}")
-    seconds = max((last.ts - first.ts) / 1000, 1e-3)
+    timeline = ingest_timeline(settings)
+    (start_ts, start_n), (end_ts, end_n) = timeline[0], next(t for t in timeline if t[1] >= numbers)
+    seconds = max((end_ts - start_ts) / 1000, 1e-3)
     ordered = np.sort(values)
     worst = max(check_rank(ordered, e.q, e.band.value).rank_error for e in last.quantiles)
     admin_client(settings).delete_topics(
         [settings.topic_numbers, settings.topic_sketches, settings.topic_medians, settings.topic_dead_letters]
     )
-    counted = last.n - first.n
+    counted = end_n - start_n
     return {
         "messages": messages,
+        "aggregator_lag_s": (last.ts - end_ts) / 1000,
         "msgs_per_s": counted / batch / seconds,
         "numbers_per_s": counted / seconds,
         "worst_rank_error": worst,
@@ -98,6 +134,8 @@ def main() -> None:
     parser.add_argument("--single", type=int, default=300_000, help="numbers for the single-number workload")
     parser.add_argument("--batched", type=int, default=5_000_000, help="numbers for each batched workload")
     parser.add_argument("--partitions", type=int, default=8)
+    parser.add_argument("--set", action="append", default=[], metavar="SETTING=VALUE", help="a worker setting")
+    parser.add_argument("--only", choices=sorted(WORKLOADS), action="append", help="run only these workloads")
     args = parser.parse_args()
     with ExitStack() as stack:
         tmp = Path(tempfile.mkdtemp(prefix="dmedian-bench-"))
@@ -111,13 +149,18 @@ def main() -> None:
             bootstrap = broker.bootstrap
         print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
               f"Python {platform.python_version()}, broker {bootstrap}, {args.partitions} partitions")  # fmt: skip
-        print(f"{'workload':<18}{'numbers':>12}{'msgs/s':>12}{'numbers/s':>14}{'worst rank err':>16}{'bound':>9}")
-        for name in WORKLOADS:
+        print(f"{'workload':<18}{'numbers':>12}{'msgs/s':>12}{'numbers/s':>14}{'worst rank err':>16}{'bound':>9}"
+              f"{'agg. lag':>10}")  # fmt: skip
+        overrides = dict(item.split("=", 1) for item in args.set)
+        if overrides:
+            print(f"settings: {overrides}")
+        for name in args.only or WORKLOADS:
             numbers = args.single if name == "single" else args.batched
             started = time.monotonic()
-            r = run_workload(bootstrap, name, numbers, args.partitions, tmp)
+            r = run_workload(bootstrap, name, numbers, args.partitions, tmp, overrides)
             print(f"{name:<18}{numbers:>12,}{r['msgs_per_s']:>12,.0f}{r['numbers_per_s']:>14,.0f}"
-                  f"{r['worst_rank_error']:>16.5f}{r['bound']:>9.5f}   ({time.monotonic() - started:.0f} s)",
+                  f"{r['worst_rank_error']:>16.5f}{r['bound']:>9.5f}{r['aggregator_lag_s']:>9.1f}s"
+                  f"   ({time.monotonic() - started:.0f} s)",
                   flush=True)  # fmt: skip
 
 
