@@ -18,8 +18,13 @@ stamp=".venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)"
 if [[ ! -f "$stamp" ]]; then
     echo "setup: creating .venv and installing dependencies ..." >&2
     [[ -x .venv/bin/python ]] || "$python" -m venv .venv
-    .venv/bin/python -m pip install --quiet --upgrade pip
-    .venv/bin/python -m pip install --quiet -e ".[test]"
+    # pip's and the build backend's chatter goes to a log, shown only on failure.
+    if ! { .venv/bin/python -m pip install --upgrade pip && .venv/bin/python -m pip install -e ".[test]"; } \
+            > .venv/install.log 2>&1; then
+        tail -40 .venv/install.log >&2
+        echo "setup: installing dependencies failed (full log: .venv/install.log)" >&2
+        exit 1
+    fi
     rm -f .venv/.installed-*
     touch "$stamp"
 fi

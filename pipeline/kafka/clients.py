@@ -24,9 +24,10 @@ def client_config(settings: Settings) -> dict[str, Any]:
     config: dict[str, Any] = {
         "bootstrap.servers": settings.bootstrap_servers,
         "security.protocol": settings.kafka_security_protocol,
-        # librdkafka's informational lines (queue purges at close, coordinator
-        # retries at first start) are noise in a command-line tool; keep warnings.
-        "log_level": 4,
+        # librdkafka logs transient, retried conditions (queue purges at close, a
+        # coordinator still loading on a fresh broker) that alarm CLI users; errors
+        # still show, and a failed delivery is raised by the producer regardless.
+        "log_level": 3,
     }
     if settings.kafka_sasl_mechanism:
         config.update(
