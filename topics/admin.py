@@ -8,6 +8,7 @@ changing partitions of a keyed topic moves keys, and that is the user's call.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -111,7 +112,30 @@ def create_topics(admin: AdminClient, specs: Iterable[TopicSpec]) -> list[str]:
     late = [s for s in describe_topics(admin, missing) if s.conflicts]
     if late:
         raise TopicConflictError("; ".join(f"topic {s.spec.name!r}: {'; '.join(s.conflicts)}" for s in late))
+    _wait_for_leaders(admin, missing)
     return created
+
+
+def _wait_for_leaders(admin: AdminClient, specs: list[TopicSpec], timeout_s: float = _TIMEOUT_S) -> None:
+    """Return once every partition of every new topic has a leader.
+
+    A client that reads metadata between creation and leader election sees a topic
+    with no usable partitions, and Faust then refuses its tables (changelog with 0
+    partitions) until its next metadata refresh, minutes later.
+    """
+    deadline = time.monotonic() + timeout_s
+    pending = {spec.name: spec.partitions for spec in specs}
+    while pending:
+        metadata = admin.list_topics(timeout=_TIMEOUT_S)
+        for name, partitions in list(pending.items()):
+            topic = metadata.topics.get(name)
+            if topic is not None and topic.error is None and len(topic.partitions) == partitions \
+                    and all(p.leader >= 0 for p in topic.partitions.values()):  # fmt: skip
+                del pending[name]
+        if pending and time.monotonic() > deadline:
+            raise TimeoutError(f"topics without leaders after {timeout_s:.0f} s: {', '.join(sorted(pending))}")
+        if pending:
+            time.sleep(0.1)
 
 
 def _configs(admin: AdminClient, spec: TopicSpec) -> dict[str, str]:

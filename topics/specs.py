@@ -1,6 +1,7 @@
 """The topics DistributedMedian uses, declared once.
 
-``numbers`` is the input: each partition is a shard. ``sketches`` is compacted
+``numbers`` is the input: each partition is a shard. The two state changelogs
+belong to the Faust tables and are declared here too (see below). ``sketches`` is compacted
 and keyed by shard id, so it always holds the latest snapshot of every shard and
 rebuilds the aggregator on its own. ``medians`` has one partition so that
 estimates are totally ordered. ``dead-letters`` keeps rejected input with its
@@ -17,11 +18,21 @@ from types import MappingProxyType
 
 from config import Settings
 
-__all__ = ["TopicSet", "TopicSpec", "topic_set"]
+__all__ = ["AGGREGATOR_TABLE", "SHARD_TABLE", "TopicSet", "TopicSpec", "changelog_topic", "topic_set"]
 
 logger = logging.getLogger(__name__)
 
 _DAY_MS = 24 * 3600 * 1000
+
+SHARD_TABLE = "shard-sketches"
+"""The Faust table holding each shard's state (co-partitioned with the input topic)."""
+AGGREGATOR_TABLE = "aggregator-snapshots"
+"""The Faust table holding the latest snapshot per shard (co-partitioned with ``sketches``)."""
+
+
+def changelog_topic(app_id: str, table: str) -> str:
+    """The name Faust gives a table's changelog topic."""
+    return f"{app_id}-{table}-changelog"
 
 
 @dataclass(frozen=True)
@@ -52,9 +63,16 @@ class TopicSet:
     """The global estimate over time."""
     dead_letters: TopicSpec
     """Rejected input with its reason."""
+    shard_changelog: TopicSpec
+    """Changelog of the shard state table: partition p holds shard p."""
+    aggregator_changelog: TopicSpec
+    """Changelog of the aggregator's table."""
 
     def __iter__(self) -> Iterator[TopicSpec]:
-        return iter((self.numbers, self.sketches, self.medians, self.dead_letters))
+        return iter(
+            (self.numbers, self.sketches, self.medians, self.dead_letters, self.shard_changelog,
+             self.aggregator_changelog)
+        )  # fmt: skip
 
 
 def topic_set(settings: Settings) -> TopicSet:
@@ -96,5 +114,23 @@ def topic_set(settings: Settings) -> TopicSet:
             replicas,
             MappingProxyType({"cleanup.policy": "delete", "retention.ms": str(30 * _DAY_MS)}),
             "rejected input with source position and reason",
+        ),
+        # Faust would create the changelogs itself at start-up, racing its own
+        # metadata (a changelog seen with 0 partitions crashes the agent until the
+        # next metadata refresh). Declaring them here creates them ahead of time,
+        # and lets a partition change grow them together with their source.
+        shard_changelog=TopicSpec(
+            changelog_topic(settings.app_id, SHARD_TABLE),
+            settings.numbers_partitions,
+            replicas,
+            MappingProxyType({"cleanup.policy": "compact"}),
+            "state of each shard: KLL sketch, last source offset (partition p = shard p)",
+        ),
+        aggregator_changelog=TopicSpec(
+            changelog_topic(settings.app_id, AGGREGATOR_TABLE),
+            1,
+            replicas,
+            MappingProxyType({"cleanup.policy": "compact"}),
+            "the aggregator's latest snapshot per shard",
         ),
     )

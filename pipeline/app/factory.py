@@ -20,13 +20,11 @@ from pipeline.app.shards import ShardService
 from pipeline.app.web import register_views
 from pipeline.core.emission import IntervalRule
 from topics import topic_set
+from topics.specs import AGGREGATOR_TABLE, SHARD_TABLE
 
 __all__ = ["Pipeline", "broker_credentials", "create_app"]
 
 logger = logging.getLogger(__name__)
-
-SHARD_TABLE = "shard-sketches"
-AGGREGATOR_TABLE = "aggregator-snapshots"
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ from pipeline.kafka.clients import admin_client
 from pipeline.kafka.follow import latest_snapshots, wait_for_record
 from pipeline.kafka.generate import Distribution, MessageFormat, generate
 from pipeline.localbroker import BrokerError, free_port
+from topics import topic_set
 
 __all__ = ["demo"]
 
@@ -127,8 +128,7 @@ def _demo_deployment(keep: bool) -> Iterator[Settings]:
         yield settings
     finally:
         if not keep:
-            names = [settings.topic_numbers, settings.topic_sketches, settings.topic_medians,
-                     settings.topic_dead_letters]  # fmt: skip
+            names = [spec.name for spec in topic_set(settings)] + [f"{settings.app_id}-__assignor-__leader"]
             admin_client(settings).delete_topics(names, operation_timeout=30)
 
 

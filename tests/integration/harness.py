@@ -7,14 +7,17 @@ failing test gets each worker's log tail in its report.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -42,7 +45,8 @@ class WorkerProcess:
         self.name = name
         self.data_dir = data_dir
         self.log_path = log_dir / f"{name}.log"
-        self._env = env | {"DMEDIAN_DATA_DIR": str(data_dir), "DMEDIAN_WEB_PORT": str(free_port())}
+        self.web_port = free_port()
+        self._env = env | {"DMEDIAN_DATA_DIR": str(data_dir), "DMEDIAN_WEB_PORT": str(self.web_port)}
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> WorkerProcess:
@@ -78,6 +82,12 @@ class WorkerProcess:
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
             self.process.wait(10)
+
+    def stats(self) -> dict[str, Any]:
+        """The worker's ``/stats`` view."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.web_port}/stats", timeout=10) as response:
+            body: dict[str, Any] = json.loads(response.read())
+            return body
 
     def log_tail(self, lines: int = 60) -> str:
         if not self.log_path.exists():
@@ -183,6 +193,13 @@ class Deployment:
 
     def dead_letters(self) -> list[DeadLetter]:
         return [DeadLetter.from_json(v) for _, _, v in self.read_topic(self.settings.topic_dead_letters) if v]
+
+    def cli(self, *args: str, timeout_s: float = 120.0) -> subprocess.CompletedProcess[str]:
+        """Run ``dmedian ARGS`` against this deployment."""
+        return subprocess.run(
+            [sys.executable, "-m", "pipeline", *args], env=self.env, cwd=REPO,
+            capture_output=True, text=True, timeout=timeout_s, check=False,
+        )  # fmt: skip
 
     def worker_logs(self) -> str:
         return "\n".join(f"--- {w.name} (alive={w.alive}) ---\n{w.log_tail()}" for w in self.workers)

@@ -124,7 +124,7 @@ def test_bad_input_goes_to_dead_letters_with_its_reason_and_good_numbers_count(
     deploy: Callable[..., Deployment],
 ) -> None:
     deployment = deploy(2)
-    deployment.worker()
+    worker = deployment.worker()
     bad = [b"", b"hello", b'{"a": 1}', b"[[2]]", b"NaN", b'"5"', b"1e400", b"true", encode_float64_block([1.0])[:-3]]
     expected = {"empty", "malformed_json", "not_a_number", "nested_array", "non_finite", "bad_float64_block"}
     partial = orjson.dumps([1.0, "x", 2.0, None, 3.0])  # three good numbers, two bad elements
@@ -144,6 +144,29 @@ def test_bad_input_goes_to_dead_letters_with_its_reason_and_good_numbers_count(
     assert by_offset[len(bad)].bad_elements == ((1, "not_a_number"), (3, "not_a_number"))
     # One count per rejected message, one per rejected element of the partial batch.
     assert record.rejected == len(bad) + 2
+    counters = worker.stats()["rejected"]
+    assert counters == {"empty": 1, "malformed_json": 2, "not_a_number": 5, "nested_array": 1, "non_finite": 1,
+                        "bad_float64_block": 1}  # fmt: skip
+
+
+def test_watch_and_shards_commands_show_the_served_estimate(deploy: Callable[..., Deployment]) -> None:
+    deployment = deploy(3)
+    deployment.worker()
+    values = generate(Distribution.BIMODAL, 30_000, seed=9)
+    deployment.produce(values, MessageFormat.FLOAT64, 100, partition=_round_robin(3))
+    record = deployment.wait_for_n(values.size)
+
+    watch = deployment.cli("watch", "--json", "--until-n", str(values.size), "--timeout", "60")
+    assert watch.returncode == 0, watch.stderr
+    watched = MedianRecord.from_json(watch.stdout.splitlines()[-1].encode())
+    assert (watched.n, watched.median.value) == (record.n, record.median.value)
+
+    shards = deployment.cli("shards", "--json")
+    assert shards.returncode == 0, shards.stderr
+    rows = [orjson.loads(line) for line in shards.stdout.splitlines()]
+    assert [row["shard"] for row in rows] == [0, 1, 2]
+    assert sum(row["n"] for row in rows) == values.size
+    assert all(row["lower"] <= row["median"] <= row["upper"] for row in rows)
 
 
 def test_sigkill_mid_stream_then_restart_counts_every_number_once(deploy: Callable[..., Deployment]) -> None:

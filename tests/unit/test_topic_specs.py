@@ -47,13 +47,15 @@ def test_names_replication_and_retention_follow_settings() -> None:
         environ={},
     )
     topics = topic_set(settings)
-    assert [spec.name for spec in topics] == ["in", "sk", "out", "dlq"]
+    assert [spec.name for spec in topics] == [
+        "in", "sk", "out", "dlq", "dmedian-shard-sketches-changelog", "dmedian-aggregator-snapshots-changelog",
+    ]  # fmt: skip
     assert {spec.replication_factor for spec in topics} == {3}
     assert topics.numbers.config["retention.ms"] == "-1"
 
 
 def test_default_topic_names_come_from_settings() -> None:
-    assert [spec.name for spec in DEFAULTS] == ["numbers", "sketches", "medians", "dead-letters"]
+    assert [spec.name for spec in DEFAULTS][:4] == ["numbers", "sketches", "medians", "dead-letters"]
     assert isinstance(DEFAULTS, TopicSet)
 
 
@@ -69,3 +71,13 @@ def test_topic_spec_config_defaults_to_empty_and_specs_compare_by_value() -> Non
     assert dict(TopicSpec("t", 1, 1).config) == {}
     assert TopicSpec("t", 2, 1) == TopicSpec("t", 2, 1)
     assert TopicSpec("t", 2, 1) != TopicSpec("t", 3, 1)
+
+
+def test_changelogs_are_compacted_and_co_partitioned_with_their_sources() -> None:
+    topics = topic_set(load_settings({"numbers_partitions": 12, "app_id": "prod"}, environ={}))
+    assert topics.shard_changelog.name == "prod-shard-sketches-changelog"
+    assert topics.shard_changelog.partitions == topics.numbers.partitions == 12
+    assert topics.aggregator_changelog.partitions == topics.sketches.partitions == 1
+    assert {topics.shard_changelog.config["cleanup.policy"], topics.aggregator_changelog.config["cleanup.policy"]} == {
+        "compact"
+    }
