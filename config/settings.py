@@ -63,6 +63,7 @@ class Settings(BaseModel):
     emit_interval_ms: int = Field(default=200, ge=1, le=3_600_000)
     publish_interval_ms: int = Field(default=200, ge=1, le=3_600_000)
 
+    delivery: Literal["batch", "event"] = "batch"
     batch_max_events: int = Field(default=10_000, ge=1, le=1_000_000)
     batch_within_ms: int = Field(default=100, ge=1, le=60_000)
 

@@ -24,9 +24,11 @@ import tempfile
 import time
 import uuid
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -74,21 +76,45 @@ def ingest_timeline(settings: Settings) -> list[tuple[int, int]]:
     return timeline
 
 
-def run_workload(
-    bootstrap: str, name: str, numbers: int, partitions: int, tmp: Path, overrides: dict[str, str]
-) -> dict[str, float]:
+@dataclass(frozen=True)
+class BenchInput:
+    """A pre-produced input topic and the numbers it holds."""
+
+    topic: str
+    values: npt.NDArray[np.float64]
+    fmt: MessageFormat
+    batch: int
+    messages: int
+    partitions: int
+
+
+def prepare_input(bootstrap: str, name: str, numbers: int, partitions: int) -> BenchInput:
+    """Create a fresh input topic and fill it with ``numbers`` lognormal numbers in workload ``name``'s format."""
     fmt, batch = WORKLOADS[name]
+    topic = f"bench-in-{name}-{uuid.uuid4().hex[:6]}"
+    settings = load_settings(
+        environ={"KAFKA_BOOTSTRAP_SERVERS": bootstrap, "DMEDIAN_TOPIC_NUMBERS": topic,
+                 "DMEDIAN_NUMBERS_PARTITIONS": str(partitions)}
+    )  # fmt: skip
+    create_topics(admin_client(settings), [topic_set(settings).numbers])
+    values = generate(Distribution.LOGNORMAL, numbers, seed=11)
+    messages = produce_values(producer(settings), topic, encode_messages(values, fmt, batch))
+    return BenchInput(topic, values, fmt, batch, messages, partitions)
+
+
+def measure_worker(bootstrap: str, data: BenchInput, tmp: Path, overrides: dict[str, str]) -> dict[str, float]:
+    """Run one worker (fresh app id) over a pre-produced input topic; return its rate and accuracy."""
     run = f"bench-{uuid.uuid4().hex[:8]}"
     env = (
         {k: v for k, v in os.environ.items() if not k.startswith("DMEDIAN_")}
         | {
             "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
             "DMEDIAN_APP_ID": run,
-            "DMEDIAN_TOPIC_NUMBERS": f"{run}-numbers",
+            "DMEDIAN_TOPIC_NUMBERS": data.topic,
             "DMEDIAN_TOPIC_SKETCHES": f"{run}-sketches",
             "DMEDIAN_TOPIC_MEDIANS": f"{run}-medians",
             "DMEDIAN_TOPIC_DEAD_LETTERS": f"{run}-dead-letters",
-            "DMEDIAN_NUMBERS_PARTITIONS": str(partitions),
+            "DMEDIAN_NUMBERS_PARTITIONS": str(data.partitions),
             "DMEDIAN_DATA_DIR": str(tmp / run),
             "DMEDIAN_WEB_PORT": str(free_port()),
             "DMEDIAN_LOG_LEVEL": "warning",
@@ -97,8 +123,7 @@ def run_workload(
     )
     settings = load_settings(environ=env)
     create_topics(admin_client(settings), topic_set(settings))
-    values = generate(Distribution.LOGNORMAL, numbers, seed=11)
-    messages = produce_values(producer(settings), settings.topic_numbers, encode_messages(values, fmt, batch))
+    numbers = data.values.size
     log = (tmp / f"{run}.log").open("wb")
     worker = subprocess.Popen([sys.executable, "-m", "pipeline", "worker"], env=env, cwd=REPO,
                               stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
@@ -109,20 +134,18 @@ def run_workload(
         worker.wait(60)
         log.close()
     if last is None or last.n != numbers:
-        raise SystemExit(f"{name}: incomplete (n={last.n if last else 0} of {numbers}); see {log.name}")
+        raise SystemExit(f"{data.topic}: incomplete (n={last.n if last else 0} of {numbers}); see {log.name}")
     timeline = ingest_timeline(settings)
     (start_ts, start_n), (end_ts, end_n) = timeline[0], next(t for t in timeline if t[1] >= numbers)
     seconds = max((end_ts - start_ts) / 1000, 1e-3)
-    ordered = np.sort(values)
+    ordered = np.sort(data.values)
     worst = max(check_rank(ordered, e.q, e.band.value).rank_error for e in last.quantiles)
-    admin_client(settings).delete_topics(
-        [settings.topic_numbers, settings.topic_sketches, settings.topic_medians, settings.topic_dead_letters]
-    )
+    admin_client(settings).delete_topics([spec.name for spec in topic_set(settings) if spec.name != data.topic])
     counted = end_n - start_n
     return {
-        "messages": messages,
+        "messages": data.messages,
         "aggregator_lag_s": (last.ts - end_ts) / 1000,
-        "msgs_per_s": counted / batch / seconds,
+        "msgs_per_s": counted / data.batch / seconds,
         "numbers_per_s": counted / seconds,
         "worst_rank_error": worst,
         "bound": last.rank_error,
@@ -157,7 +180,9 @@ def main() -> None:
         for name in args.only or WORKLOADS:
             numbers = args.single if name == "single" else args.batched
             started = time.monotonic()
-            r = run_workload(bootstrap, name, numbers, args.partitions, tmp, overrides)
+            data = prepare_input(bootstrap, name, numbers, args.partitions)
+            r = measure_worker(bootstrap, data, tmp, overrides)
+            admin_client(load_settings(environ={"KAFKA_BOOTSTRAP_SERVERS": bootstrap})).delete_topics([data.topic])
             print(f"{name:<18}{numbers:>12,}{r['msgs_per_s']:>12,.0f}{r['numbers_per_s']:>14,.0f}"
                   f"{r['worst_rank_error']:>16.5f}{r['bound']:>9.5f}{r['aggregator_lag_s']:>9.1f}s"
                   f"   ({time.monotonic() - started:.0f} s)",

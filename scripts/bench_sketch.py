@@ -4,10 +4,12 @@
 No Kafka: this measures the pure logic the agents call, one core.
 
     .venv/bin/python scripts/bench_sketch.py
+    .venv/bin/python scripts/bench_sketch.py --max-n 1000000000     # snapshot size up to 1e9 (about a minute)
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 from collections.abc import Callable
@@ -35,6 +37,9 @@ def best_of(repeats: int, fn: Callable[[], object]) -> float:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--max-n", type=int, default=100_000_000, help="largest n for the snapshot sizes")
+    args = parser.parse_args()
     rng = np.random.default_rng(1)
     values = rng.lognormal(3.0, 1.0, 1_000_000)
 
@@ -55,7 +60,7 @@ def main() -> None:
     state = ShardState.empty(0, 200)
     fed = 0
     chunk = rng.normal(size=1_000_000)
-    for target in (1_000, 100_000, 10_000_000, 100_000_000):
+    for target in [t for t in (1_000, 100_000, 10_000_000, 100_000_000, 1_000_000_000) if t <= args.max_n]:
         while fed < target:
             step = min(target - fed, chunk.size)
             state.apply(chunk[:step], fed + step)

@@ -19,6 +19,7 @@ from pipeline.app.dead_letters import DeadLetterSink
 from pipeline.app.shards import ShardService
 from pipeline.app.web import register_views
 from pipeline.core.emission import IntervalRule
+from pipeline.transport import SCHEME, batch_topic, register_transport
 from topics import topic_set
 from topics.specs import AGGREGATOR_TABLE, SHARD_TABLE
 
@@ -64,9 +65,13 @@ def broker_credentials(settings: Settings) -> faust.SASLCredentials | faust.SSLC
 def create_app(settings: Settings) -> Pipeline:
     """Build the app: topics, tables, agents, timers and web views."""
     specs = topic_set(settings)
+    batched = settings.delivery == "batch"
+    if batched:
+        register_transport()
+    scheme = SCHEME if batched else "kafka"
     app = faust.App(
         settings.app_id,
-        broker=[f"kafka://{server.strip()}" for server in settings.bootstrap_servers.split(",")],
+        broker=[f"{scheme}://{server.strip()}" for server in settings.bootstrap_servers.split(",")],
         broker_credentials=broker_credentials(settings),
         store="rocksdb://",
         datadir=str(settings.data_dir),
@@ -81,9 +86,17 @@ def create_app(settings: Settings) -> Pipeline:
         topic_replication_factor=settings.replication_factor,
         producer_acks=-1,
         broker_max_poll_records=settings.batch_max_events,
+        # With batch delivery the stream buffer and commit-every count batches, not
+        # records: a small queue keeps flow control fine-grained and memory bounded.
+        stream_buffer_maxsize=16 if batched else 4096,
         stream_wait_empty=False,
     )
-    numbers = _topic(app, specs.numbers.name, specs.numbers.partitions)
+    # Batch delivery hands the shard agent one event per fetched partition batch.
+    numbers = (
+        batch_topic(app, specs.numbers.name, partitions=specs.numbers.partitions, internal=False)
+        if batched
+        else _topic(app, specs.numbers.name, specs.numbers.partitions)
+    )
     sketches = _topic(app, specs.sketches.name, specs.sketches.partitions)
     medians = _topic(app, specs.medians.name, specs.medians.partitions)
     dead_letters = DeadLetterSink(_topic(app, specs.dead_letters.name, specs.dead_letters.partitions))

@@ -22,7 +22,7 @@ from pipeline.app.dead_letters import DeadLetterSink
 from pipeline.app.event_context import bound_to_event
 from pipeline.core.codec import CodecOptions
 from pipeline.core.emission import EmissionRule, EmissionState
-from pipeline.core.ingest import RawRecord, ingest_records, rejection_counts
+from pipeline.core.ingest import RecordBatch, ingest_batch, rejection_counts
 from pipeline.core.sketch import ShardState
 from pipeline.core.wire import DeadLetter, SketchSnapshot
 
@@ -76,7 +76,8 @@ class ShardService:
 
     def register(self, numbers: TopicT) -> None:
         """Attach the agent, the flush timer and the rebalance hooks to the app."""
-        self._app.agent(numbers, name="shards")(self._run)
+        run = self._run_batches if self._settings.delivery == "batch" else self._run_events
+        self._app.agent(numbers, name="shards")(run)
         interval_s = max(self._settings.emit_interval_ms / 2000, 0.01)
         self._app.timer(interval_s, name="shards.flush")(self._flush)
         # mode's Signal stubs want a receiver taking *args; ours names its argument.
@@ -93,20 +94,30 @@ class ShardService:
         slot = self._slots.get(shard)
         return slot.state if slot else None
 
-    async def _run(self, stream: StreamT[Any]) -> AsyncIterator[None]:
+    async def _run_batches(self, stream: StreamT[Any]) -> AsyncIterator[None]:
+        # Batch delivery: each event is one fetched batch of one partition.
+        async for event in stream.events():
+            raw = event.value
+            await self._apply(event.message.partition, RecordBatch(raw.offsets, raw.values, raw.keys), event)
+            yield None
+
+    async def _run_events(self, stream: StreamT[Any]) -> AsyncIterator[None]:
+        # Per-event delivery, grouped into batches so that each shard's state is
+        # written once per batch, not once per number.
         within = self._settings.batch_within_ms / 1000
         # take_events exists on faust.Stream but is missing from the StreamT interface.
         batches = stream.take_events(self._settings.batch_max_events, within=within)  # type: ignore[attr-defined]
         async for events in batches:
             for partition, group in _by_partition(events).items():
-                await self._apply(partition, group)
+                batch = RecordBatch([e.message.offset for e in group], [e.message.value for e in group],
+                                    [e.message.key for e in group])  # fmt: skip
+                await self._apply(partition, batch, group[-1])
             yield None
 
-    async def _apply(self, partition: int, events: Sequence[EventT[Any]]) -> None:
-        records = [RawRecord(e.message.offset, e.message.value, e.message.key) for e in events]
-        with bound_to_event(events[-1]):
+    async def _apply(self, partition: int, batch: RecordBatch, last_event: EventT[Any]) -> None:
+        with bound_to_event(last_event):
             state = self._load(partition)
-            result = ingest_records(state, records, self._codec)
+            result = ingest_batch(state, batch, self._codec)
             if result.advanced:
                 # One write per shard per batch: the changelog carries the whole sketch.
                 self._table[shard_key(partition)] = state.to_bytes()

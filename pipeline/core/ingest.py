@@ -8,6 +8,7 @@ in one vectorised call and applies them with one sketch update.
 
 from __future__ import annotations
 
+import bisect
 import logging
 from collections import Counter
 from collections.abc import Sequence
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 from pipeline.core.codec import CodecOptions, Rejection, decode_batch
 from pipeline.core.sketch import ShardState
 
-__all__ = ["IngestResult", "RawRecord", "ingest_records", "rejection_counts"]
+__all__ = ["IngestResult", "RawRecord", "RecordBatch", "ingest_batch", "ingest_records", "rejection_counts"]
 
 logger = logging.getLogger(__name__)
 
@@ -54,20 +55,44 @@ def rejection_counts(rejection: Rejection) -> dict[str, int]:
     return {rejection.reason.value: 1}
 
 
+@dataclass(frozen=True)
+class RecordBatch:
+    """One partition's records in offset order, column by column (no object per record)."""
+
+    offsets: Sequence[int]
+    """Source offsets, strictly increasing."""
+    values: Sequence[bytes | None]
+    """Undecoded message values, aligned with ``offsets``."""
+    keys: Sequence[bytes | None]
+    """Message keys, aligned with ``offsets``."""
+
+    def record(self, index: int) -> RawRecord:
+        """The record at ``index`` as one object (for dead letters)."""
+        return RawRecord(self.offsets[index], self.values[index], self.keys[index])
+
+
 def ingest_records(state: ShardState, records: Sequence[RawRecord], options: CodecOptions) -> IngestResult:
-    """Apply the records after ``state.last_offset`` to ``state``; see module docs."""
-    fresh = [record for record in records if state.is_new(record.offset)]
-    skipped = len(records) - len(fresh)
-    if skipped:
+    """Apply the records after ``state.last_offset`` to ``state`` (records in offset order)."""
+    ordered = sorted(records, key=lambda record: record.offset)
+    batch = RecordBatch([r.offset for r in ordered], [r.value for r in ordered], [r.key for r in ordered])
+    return ingest_batch(state, batch, options)
+
+
+def ingest_batch(state: ShardState, batch: RecordBatch, options: CodecOptions) -> IngestResult:
+    """Apply the records of ``batch`` after ``state.last_offset`` to ``state``; see module docs."""
+    # Offsets only grow within a partition: everything already applied is a prefix.
+    start = bisect.bisect_right(batch.offsets, state.last_offset)
+    if start:
         logger.info(
-            "shard %d: skipped %d records already applied (up to offset %d)", state.shard, skipped, state.last_offset
+            "shard %d: skipped %d records already applied (up to offset %d)", state.shard, start, state.last_offset
         )
-    if not fresh:
-        return IngestResult(0, skipped, (), advanced=False)
-    decoded = decode_batch([record.value for record in fresh], options)
+    if start == len(batch.offsets):
+        return IngestResult(0, start, (), advanced=False)
+    values = batch.values[start:] if start else batch.values
+    decoded = decode_batch(values, options)
     counts: Counter[str] = Counter()
     for rejection in decoded.rejections:
         counts.update(rejection_counts(rejection))
-    state.apply(decoded.values, max(record.offset for record in fresh), counts)
-    rejected = tuple((fresh[r.index], r) for r in decoded.rejections)
-    return IngestResult(int(decoded.values.size), skipped, rejected, advanced=True)
+    state.apply(decoded.values, batch.offsets[-1], counts)
+    rejected = tuple((batch.record(start + r.index), r) for r in decoded.rejections)
+    return IngestResult(int(decoded.values.size), start, rejected, advanced=True)

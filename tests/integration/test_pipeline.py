@@ -94,9 +94,12 @@ def test_two_workers_share_the_shards_and_keep_n_exact(deploy: Callable[..., Dep
     assert record.shards == 8
 
 
-def test_restart_restores_every_shard_from_its_own_changelog_partition(deploy: Callable[..., Deployment]) -> None:
+@pytest.mark.parametrize("delivery", ["batch", "event"])
+def test_restart_restores_every_shard_from_its_own_changelog_partition(
+    deploy: Callable[..., Deployment], delivery: str
+) -> None:
     partitions = 4
-    deployment = deploy(partitions)
+    deployment = deploy(partitions, delivery=delivery)
     first = deployment.worker("first")
     before = generate(Distribution.UNIFORM, 80_000, seed=5)
     deployment.produce(before, MessageFormat.FLOAT64, 1000, partition=_round_robin(partitions))
@@ -169,10 +172,14 @@ def test_watch_and_shards_commands_show_the_served_estimate(deploy: Callable[...
     assert all(row["lower"] <= row["median"] <= row["upper"] for row in rows)
 
 
-def test_sigkill_mid_stream_then_restart_counts_every_number_once(deploy: Callable[..., Deployment]) -> None:
-    deployment = deploy(4)
+@pytest.mark.parametrize("delivery", ["batch", "event"])
+def test_sigkill_mid_stream_then_restart_counts_every_number_once(
+    deploy: Callable[..., Deployment], delivery: str
+) -> None:
+    deployment = deploy(4, delivery=delivery)
     worker = deployment.worker("crashing")
-    values = generate(Distribution.NORMAL, 60_000, seed=8)
+    # Enough single-number messages that the crash lands mid-stream on either path.
+    values = generate(Distribution.NORMAL, 400_000 if delivery == "batch" else 60_000, seed=8)
     deployment.produce(values, MessageFormat.SINGLE)  # slow per-message path: the crash lands mid-stream
     partway = wait_for_record(deployment.settings, lambda r: r.n > 0, 120)
     assert partway is not None, deployment.worker_logs()
