@@ -7,7 +7,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 
-from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, KafkaError, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, KafkaException, TopicPartition
 
 from config import Settings
 from pipeline.core.wire import MedianRecord, SketchSnapshot, SnapshotError
@@ -16,6 +16,24 @@ from pipeline.kafka.clients import consumer
 __all__ = ["follow_medians", "latest_snapshots", "wait_for_record"]
 
 logger = logging.getLogger(__name__)
+
+# Errors a partition shows for a moment after its topic is created.
+_SETTLING = (KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE, KafkaError.UNKNOWN_TOPIC_OR_PART)
+
+
+def _watermarks(client: Consumer, tp: TopicPartition, timeout_s: float = 30.0) -> tuple[int, int]:
+    """Low and high watermarks, retrying while a just-created topic's leader settles."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            low, high = client.get_watermark_offsets(tp, timeout=10)
+            return int(low), int(high)
+        except KafkaException as exc:
+            error = exc.args[0] if exc.args else None
+            retriable = isinstance(error, KafkaError) and (error.retriable() or error.code() in _SETTLING)
+            if not retriable or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
 
 
 def follow_medians(
@@ -30,7 +48,7 @@ def follow_medians(
     try:
         tp = TopicPartition(settings.topic_medians, 0, OFFSET_BEGINNING)
         if not from_beginning:
-            low, high = client.get_watermark_offsets(tp, timeout=10)
+            low, high = _watermarks(client, tp)
             tp.offset = max(low, high - 1) if high > low else OFFSET_END
         client.assign([tp])
         while True:
@@ -81,7 +99,7 @@ def latest_snapshots(settings: Settings, timeout_s: float = 30.0) -> dict[int, S
     latest: dict[int, SketchSnapshot] = {}
     try:
         tp = TopicPartition(settings.topic_sketches, 0, OFFSET_BEGINNING)
-        low, high = client.get_watermark_offsets(tp, timeout=10)
+        low, high = _watermarks(client, tp)
         if high <= low:
             return latest
         client.assign([tp])

@@ -15,45 +15,47 @@ partition) stay Faust's::
 
 Offset bookkeeping
 ------------------
-A batch message has the offset L of its last record, so Faust acks L only. Left
+A batch message has the offset L of its last record, and Faust acks L only. Left
 alone, Faust's drain would record the batch's other offsets as a "gap" that
-includes L itself (commits then stall on the duplicate) and expand every gap into
-a Python list of offsets at commit time. Instead, for a batch-delivered partition:
+includes L (commits then stall on the duplicate) and expand every gap into a list
+of offsets at commit time. Instead, for a batch-delivered partition:
 
-* when a batch message is handed to Faust, the consumer sets Faust's read offset to
-  L (the batch is read: no gap, nothing for the drain to drop) and records the
-  batch's *span* ``L -> S``. S is where the batch was expected to start: the
-  previous batch's L + 1, or the offset of the last seek, so offsets a fetch skips
-  (transaction markers, compaction) belong to the next span;
-* ``_new_offset`` walks the acked L's in order and moves the commit point to
-  L + 1 while the batch's span starts at or before it: one step per batch, no
-  per-offset lists. An acked batch after an unacked one waits, as in Faust;
-* every seek (``seek``, ``seek_wait``, ``seek_to_committed``) and revocation
-  resets the expectation, and bumps an epoch: a batch fetched before a seek but
-  handed over after it (Faust then drops it from its queues and the seek re-reads
-  it) does not move the expectation. Records before the expected offset are
-  dropped, as Faust's drain drops stale messages.
+* handing a batch to Faust sets Faust's read offset to L (no gap, nothing for the
+  drain to drop) and records the batch's *span* ``L -> S``, S being where it was
+  expected to start (the previous batch's L + 1, or the offset of the last seek),
+  so offsets a fetch skips (transaction markers, compaction) join the next span;
+* ``_new_offset`` walks the acked L's in order and moves the commit point to L + 1
+  while the batch's span starts at or before it: one step per batch, no offset
+  lists. An acked batch after an unacked one waits, as in Faust.
+
+Seeks: on assignment Faust resumes the partitions, seeks them to the committed
+offsets and then empties the streams' queues (``flow_control.resume()``) while its
+fetcher runs on; whatever it delivers meanwhile is lost or, if the seek moved the
+partition back, delivered twice. So a fetch and a seek never overlap (a lock), and
+from a seek until Faust's ``resume_flow()`` batch partitions are not fetched and no
+batch is handed over (one fetched before is kept for later, or dropped if the seek
+moved its partition, which reads it again). Records before the offset a partition's
+next batch must start at are dropped, as Faust's drain drops stale messages.
 
 Faust internals used
 --------------------
-Listed in :data:`FAUST_INTERNALS` (a guard test checks they still exist):
-``Consumer._wait_next_records`` (returns ``(records, active_partitions)``;
-``Consumer.getmany`` then calls ``_to_message(tp, record)`` once per list item, only
-for what it yields), ``Consumer._new_offset`` (called at commit), the attributes
-``_acked``, ``_acked_index``, ``_committed_offset`` (next offset to read; 0 is stored
-as None) and ``_read_offset`` (``_drain_messages`` records a gap when a message's
-offset is more than one past it and drops messages below it), ``ConsumerMessage``'s
-fields, and the transport registry ``faust.transport.drivers.TRANSPORTS`` (a
-``FactoryMapping``). The public ``seek``, ``seek_wait``, ``seek_to_committed`` and
-``on_partitions_revoked`` are extended to reset this module's own state.
+:data:`FAUST_INTERNALS` lists them (a guard test checks they exist), and relies on:
+``getmany`` calling ``_to_message`` once per item of ``_wait_next_records``'s
+record lists, only for what it yields; ``_drain_messages`` recording a gap when an
+offset is more than one past ``_read_offset`` and dropping one below it;
+``_committed_offset`` holding the next offset to read (0 stored as None);
+recovery calling ``perform_seek()``, ``flow_control.resume()``, ``resume_flow()``
+in that order. The public ``seek``, ``seek_wait``, ``seek_to_committed``,
+``resume_flow`` and ``on_partitions_revoked`` are extended.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import weakref
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from operator import attrgetter
 from typing import Any, ClassVar
@@ -85,6 +87,7 @@ SCHEME = "dmkafka"
 FAUST_INTERNALS = (
     "faust.transport.consumer:Consumer.getmany",  # calls _to_message only for what it yields
     "faust.transport.consumer:Consumer._wait_next_records",
+    "faust.transport.consumer:ThreadDelegateConsumer._getmany",
     "faust.transport.consumer:Consumer._drain_messages",  # gap and drop decisions by _read_offset
     "faust.transport.consumer:Consumer._new_offset",
     "faust.transport.consumer:Consumer._acked",  # instance attributes, declared as class annotations
@@ -93,12 +96,14 @@ FAUST_INTERNALS = (
     "faust.transport.consumer:Consumer._read_offset",
     "faust.transport.drivers.aiokafka:Consumer._to_message",
     "faust.transport.drivers:TRANSPORTS.aliases",
+    "faust.tables.recovery:Recovery._resume_streams",  # perform_seek, flow_control.resume, resume_flow
+    "faust.tables.recovery:Recovery.on_recovery_completed",  # the same order
 )
 """Private Faust names this module overrides or relies on (see the module docstring)."""
 
-# Faust's Settings silently drops unknown keys, so the app's batch-delivered topic
-# names live here, keyed weakly by the app (tests build many apps in one process).
-_BATCH_TOPICS: weakref.WeakKeyDictionary[AppT, frozenset[str]] = weakref.WeakKeyDictionary()
+# Faust's Settings silently drops unknown keys, so the batch-delivered topic names
+# ride on the app object itself: no registry outside the app, nothing to clean up.
+_APP_ATTRIBUTE = "_dmedian_batch_topics"
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,12 +152,13 @@ class RawBatchSchema(faust.Schema[bytes | None, RawBatch]):
 
 def deliver_in_batches(app: AppT, topics: Iterable[str]) -> None:
     """Declare ``topics`` batch-delivered for ``app`` (adds to any declared before)."""
-    _BATCH_TOPICS[app] = _BATCH_TOPICS.get(app, frozenset()) | frozenset(topics)
+    setattr(app, _APP_ATTRIBUTE, batch_topics(app) | frozenset(topics))
 
 
 def batch_topics(app: AppT) -> frozenset[str]:
     """The topic names ``app`` declared batch-delivered."""
-    return _BATCH_TOPICS.get(app, frozenset())
+    topics: frozenset[str] = getattr(app, _APP_ATTRIBUTE, frozenset())
+    return topics
 
 
 def batch_topic(app: AppT, name: str, **options: Any) -> TopicT:
@@ -162,6 +168,7 @@ def batch_topic(app: AppT, name: str, **options: Any) -> TopicT:
 
 
 _OFFSET, _KEY, _VALUE = attrgetter("offset"), attrgetter("key"), attrgetter("value")
+_RecordMap = Mapping[TP, list[Any]]  # Faust's RecordMap: records of a fetch per partition
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,7 +177,7 @@ class _Fetched:
 
     records: list[Any]  # aiokafka ConsumerRecord (aiokafka ships no type information)
     start: int  # first offset this batch stands for (its span's start)
-    epoch: int  # the consumer's seek epoch when it was fetched
+    moves: int  # how often its partition had been repositioned when it was fetched
 
 
 class BatchConsumer(aiokafka_driver.Consumer):
@@ -179,46 +186,79 @@ class BatchConsumer(aiokafka_driver.Consumer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._spans: defaultdict[TP, dict[int, int]] = defaultdict(dict)  # last offset -> span start
-        self._expect: dict[TP, int] = {}  # offset each batch tp's next batch should start at
-        self._epoch = 0  # bumped by every seek: batches fetched before it must not move _expect
+        self._expect: dict[TP, int] = {}  # offset each batch tp's next batch starts at
+        self._moves: defaultdict[TP, int] = defaultdict(int)  # seeks and revocations per tp
+        self._held: dict[TP, list[Any]] = {}  # records fetched but not handed over while holding
+        self._seeks_running = 0
+        self._hold_until_resume = False
+        self._fetch_lock = asyncio.Lock()  # a fetch and a seek never overlap
 
-    async def _wait_next_records(self, timeout: float) -> tuple[Mapping[TP, list[Any]] | None, set[TP] | None]:
-        records, active_partitions = await super()._wait_next_records(timeout)
+    @property
+    def _holding(self) -> bool:
+        return self._seeks_running > 0 or self._hold_until_resume
+
+    async def _getmany(self, active_partitions: set[TP] | None, timeout: float) -> _RecordMap:
         topics = batch_topics(self.app)
-        if records and topics:
-            records = self._fold(records, topics)
-        return records, active_partitions
+        if not topics:
+            return await super()._getmany(active_partitions, timeout)
+        async with self._fetch_lock:
+            # While holding, leave batch partitions in aiokafka's hands: nothing read, nothing lost.
+            if self._holding and active_partitions:
+                active_partitions = {tp for tp in active_partitions if tp.topic not in topics}
+                if not active_partitions:  # an empty set would mean "all partitions" to aiokafka
+                    await asyncio.sleep(min(timeout, 0.05))
+                    return {}
+            return await super()._getmany(active_partitions, timeout)
 
-    def _fold(self, records: Mapping[TP, list[Any]], topics: frozenset[str]) -> dict[TP, list[Any]]:
+    async def _wait_next_records(self, timeout: float) -> tuple[_RecordMap | None, set[TP] | None]:
+        records, active = await super()._wait_next_records(timeout)
+        topics = batch_topics(self.app)
+        if topics and (records or (self._held and not self._holding)):
+            records = self._fold(records or {}, topics, active)
+        return records, active
+
+    def _fold(self, records: _RecordMap, topics: frozenset[str], active: set[TP] | None) -> dict[TP, list[Any]]:
         # Faust's getmany turns each list item into a message: give it one item per batch tp.
         folded: dict[TP, list[Any]] = {}
         for tp, fetched in records.items():
             if tp.topic not in topics:
                 folded[tp] = fetched
-                continue
-            expected = self._expect.get(tp)
-            kept = fetched
-            if expected is not None and fetched and fetched[0].offset < expected:
-                kept = [record for record in fetched if record.offset >= expected]
-                logger.info("%s: dropped %d records before offset %d", tp, len(fetched) - len(kept), expected)
-            if kept:
-                folded[tp] = [_Fetched(kept, kept[0].offset if expected is None else expected, self._epoch)]
+            else:
+                self._add_batch(folded, tp, fetched)
+        if not self._holding:
+            for tp in [tp for tp in self._held if tp not in folded and (active is None or tp in active)]:
+                self._add_batch(folded, tp, [])
         return folded
+
+    def _add_batch(self, folded: dict[TP, list[Any]], tp: TP, fetched: list[Any]) -> None:
+        held = self._held.pop(tp, None)
+        records = held + fetched if held else fetched
+        expected = self._expect.get(tp)
+        if expected is not None and records and records[0].offset < expected:
+            kept = [record for record in records if record.offset >= expected]
+            logger.info("%s: dropped %d records before offset %d", tp, len(records) - len(kept), expected)
+            records = kept
+        if records:
+            folded[tp] = [_Fetched(records, records[0].offset if expected is None else expected, self._moves[tp])]
 
     def _to_message(self, tp: TP, record: Any) -> ConsumerMessage:
         if not isinstance(record, _Fetched):
             return super()._to_message(tp, record)
         records = record.records
         last = records[-1]
-        # Called only when getmany yields the message: a fetch abandoned on a rebalance
-        # leaves no trace. One fetched before a seek but yielded after it must not move
-        # the expectation the seek set (Faust may drop it, and the seek re-reads it).
-        self._spans[tp][last.offset] = record.start
-        if record.epoch == self._epoch:
+        # Called only for what getmany yields: a fetch abandoned on a rebalance leaves no trace.
+        if record.moves != self._moves[tp] or self._holding:
+            # Not now: a seek moved the partition since (it reads these again), or one is
+            # under way (keep them for later). With the read offset past L, the drain drops it.
+            if record.moves == self._moves[tp]:
+                self._held[tp] = records + self._held.get(tp, [])
+            self._read_offset[tp] = last.offset + 1
+        else:
+            self._spans[tp][last.offset] = record.start
             self._expect[tp] = last.offset + 1
-        # The batch's records are read: with the read offset at L, Faust's drain neither
-        # records a gap (which would include L itself) nor drops the message.
-        self._read_offset[tp] = last.offset
+            # The batch is read: with the read offset at L, Faust's drain neither records
+            # a gap (which would include L itself) nor drops the message.
+            self._read_offset[tp] = last.offset
         # map/attrgetter: the per-record cost here bounds the rate (~0.35 us vs 0.5 us a record).
         values = list(map(_VALUE, records))
         batch = RawBatch(list(map(_OFFSET, records)), list(map(_KEY, records)), values)
@@ -266,38 +306,56 @@ class BatchConsumer(aiokafka_driver.Consumer):
             del spans[last]
         return cursor
 
-    def _seeking(self, tps: Iterable[TP] | None, targets: Mapping[TP, int | None] | None = None) -> None:
-        # Around a seek: while it runs, expect nothing (re-reading beats losing); after
-        # it, expect the seek target (None or negative: where aiokafka resets to).
-        self._epoch += 1
-        for tp in list(self._expect) if tps is None else tps:
-            self._expect.pop(tp, None)
-        for tp, offset in (targets or {}).items():
-            if offset is not None and offset >= 0 and tp.topic in batch_topics(self.app):
+    @asynccontextmanager
+    async def _seeking(self) -> AsyncIterator[None]:
+        # Waits for a fetch under way, so every fetch is known to precede or follow the seek.
+        self._seeks_running += 1
+        try:
+            async with self._fetch_lock:
+                yield
+        finally:
+            self._seeks_running -= 1
+
+    def _moved(self, targets: Mapping[TP, int]) -> None:
+        # Partitions a seek moved: what was fetched of them before is read again from ``offset``.
+        topics = batch_topics(self.app)
+        for tp, offset in targets.items():
+            if offset >= 0 and tp.topic in topics:
+                self._moves[tp] += 1
+                self._held.pop(tp, None)
                 self._expect[tp] = offset
 
     async def seek(self, partition: TP, offset: int) -> None:
-        self._seeking([partition])
-        await super().seek(partition, offset)
-        self._seeking([partition], {partition: offset})
+        async with self._seeking():
+            await super().seek(partition, offset)
+            self._moved({partition: offset})
 
     async def seek_wait(self, partitions: Mapping[TP, int]) -> None:
-        self._seeking(partitions)
-        await super().seek_wait(partitions)
-        self._seeking(partitions, partitions)
+        async with self._seeking():
+            await super().seek_wait(partitions)
+            self._moved(partitions)
 
     async def seek_to_committed(self) -> Mapping[TP, int]:
-        # Faust's perform_seek: aiokafka seeks only where an offset > 0 is committed.
-        self._seeking(None)
-        committed = await super().seek_to_committed()
-        self._seeking(None, {tp: offset for tp, offset in committed.items() if offset})
+        async with self._seeking():
+            committed = await super().seek_to_committed()
+            # aiokafka moves only partitions with a committed offset above 0.
+            self._moved({tp: offset for tp, offset in committed.items() if offset and offset > 0})
+            # Faust follows perform_seek with app.flow_control.resume(), which empties the
+            # streams' queues, then resume_flow(): hold batches until then, or they are lost.
+            self._hold_until_resume = True
         return committed
+
+    def resume_flow(self) -> None:
+        self._hold_until_resume = False
+        super().resume_flow()
 
     async def on_partitions_revoked(self, revoked: set[TP]) -> None:
         await super().on_partitions_revoked(revoked)
-        self._seeking(revoked)
         for tp in revoked:
+            self._moves[tp] += 1  # in-flight batches of it are no longer ours
             self._spans.pop(tp, None)
+            self._expect.pop(tp, None)
+            self._held.pop(tp, None)
 
 
 class BatchTransport(aiokafka_driver.Transport):
