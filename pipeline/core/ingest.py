@@ -14,6 +14,8 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 from pipeline.core.codec import CodecOptions, Rejection, decode_batch
 from pipeline.core.sketch import ShardState
 
@@ -71,6 +73,24 @@ class RecordBatch:
         return RawRecord(self.offsets[index], self.values[index], self.keys[index])
 
 
+def _in_order(batch: RecordBatch, shard: int) -> RecordBatch:
+    """The batch with every record whose offset does not exceed an earlier one dropped.
+
+    A redelivery can repeat records inside one batch (Faust's per-event path around
+    a seek). Counting a repeated offset twice would break ``n``, so only the first
+    delivery of each offset is kept. The check is one vectorised pass.
+    """
+    offsets = np.asarray(batch.offsets, dtype=np.int64)
+    if offsets.size < 2 or bool((offsets[1:] > offsets[:-1]).all()):
+        return batch
+    keep = offsets > np.maximum.accumulate(np.concatenate(([-2], offsets[:-1])))
+    kept = np.flatnonzero(keep).tolist()
+    logger.warning(
+        "shard %d: dropped %d repeated or out-of-order records in one batch", shard, len(offsets) - len(kept)
+    )
+    return RecordBatch([batch.offsets[i] for i in kept], [batch.values[i] for i in kept], [batch.keys[i] for i in kept])
+
+
 def ingest_records(state: ShardState, records: Sequence[RawRecord], options: CodecOptions) -> IngestResult:
     """Apply the records after ``state.last_offset`` to ``state`` (records in offset order)."""
     ordered = sorted(records, key=lambda record: record.offset)
@@ -80,7 +100,8 @@ def ingest_records(state: ShardState, records: Sequence[RawRecord], options: Cod
 
 def ingest_batch(state: ShardState, batch: RecordBatch, options: CodecOptions) -> IngestResult:
     """Apply the records of ``batch`` after ``state.last_offset`` to ``state``; see module docs."""
-    # Offsets only grow within a partition: everything already applied is a prefix.
+    batch = _in_order(batch, state.shard)
+    # Offsets now strictly grow: everything already applied is a prefix.
     start = bisect.bisect_right(batch.offsets, state.last_offset)
     if start:
         logger.info(

@@ -7,7 +7,7 @@ import orjson
 import pytest
 
 from pipeline.core.codec import BadElement, CodecOptions, Reason, Rejection, encode_float64_block
-from pipeline.core.ingest import RawRecord, ingest_records, rejection_counts
+from pipeline.core.ingest import RawRecord, RecordBatch, ingest_batch, ingest_records, rejection_counts
 from pipeline.core.sketch import ShardState
 
 OPTIONS = CodecOptions()
@@ -148,3 +148,17 @@ def test_rejection_counts_are_per_element_for_batches_else_per_message(
 ) -> None:
     assert rejection_counts(rejection) == counts
     assert sum(counts.values()) == rejection.rejected_count
+
+
+def test_a_record_repeated_inside_one_batch_is_counted_once() -> None:
+    state = ShardState.empty(0, 200)
+    batch = RecordBatch([5, 6, 7, 6, 7, 8], [b"1", b"2", b"3", b"2", b"3", b"4"], [None] * 6)
+    result = ingest_batch(state, batch, CodecOptions())
+    assert (state.n, state.last_offset, result.accepted) == (4, 8, 4)
+
+
+def test_an_out_of_order_older_record_is_dropped_not_counted() -> None:
+    state = ShardState.empty(0, 200)
+    batch = RecordBatch([3, 4, 2, 5], [b"1", b"2", b"9", b"3"], [None] * 4)
+    ingest_batch(state, batch, CodecOptions())
+    assert (state.n, state.last_offset) == (3, 5)
