@@ -16,10 +16,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -27,6 +25,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
+from bench_pipeline import bench_environment
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -34,7 +33,7 @@ sys.path.insert(0, str(REPO))
 from config import load_settings  # noqa: E402
 from pipeline.kafka.clients import admin_client, producer  # noqa: E402
 from pipeline.kafka.follow import follow_medians, wait_for_record  # noqa: E402
-from pipeline.localbroker import LocalBroker, LocalBrokerOptions, find_free_port_pair, free_port  # noqa: E402
+from pipeline.localbroker import free_port  # noqa: E402
 from topics import topic_set  # noqa: E402
 from topics.admin import create_topics  # noqa: E402
 
@@ -47,15 +46,7 @@ def main() -> None:  # noqa: PLR0915
     parser.add_argument("--set", action="append", default=[], metavar="SETTING=VALUE", help="a worker setting")
     args = parser.parse_args()
     with ExitStack() as stack:
-        tmp = Path(tempfile.mkdtemp(prefix="dmedian-latency-"))
-        stack.callback(shutil.rmtree, tmp, ignore_errors=True)
-        bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "")
-        if not bootstrap:
-            port, controller = find_free_port_pair()
-            broker = LocalBroker(LocalBrokerOptions(port=port, controller_port=controller, home=tmp / "broker"))
-            broker.start()
-            stack.callback(broker.reset)
-            bootstrap = broker.bootstrap
+        tmp, bootstrap = bench_environment(stack, "dmedian-latency-")
         run = f"latency-{uuid.uuid4().hex[:8]}"
         env = {k: v for k, v in os.environ.items() if not k.startswith("DMEDIAN_")} | {
             "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "DMEDIAN_APP_ID": run,

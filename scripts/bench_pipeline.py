@@ -152,6 +152,20 @@ def measure_worker(bootstrap: str, data: BenchInput, tmp: Path, overrides: dict[
     }
 
 
+def bench_environment(stack: ExitStack, prefix: str) -> tuple[Path, str]:
+    """A temp dir, and ``KAFKA_BOOTSTRAP_SERVERS`` or else a local broker on free ports; both undone by ``stack``."""
+    tmp = Path(tempfile.mkdtemp(prefix=prefix))
+    stack.callback(shutil.rmtree, tmp, ignore_errors=True)
+    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "")
+    if not bootstrap:
+        port, controller = find_free_port_pair()
+        broker = LocalBroker(LocalBrokerOptions(port=port, controller_port=controller, home=tmp / "broker"))
+        broker.start()
+        stack.callback(broker.reset)
+        bootstrap = broker.bootstrap
+    return tmp, bootstrap
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--single", type=int, default=300_000, help="numbers for the single-number workload")
@@ -161,15 +175,7 @@ def main() -> None:
     parser.add_argument("--only", choices=sorted(WORKLOADS), action="append", help="run only these workloads")
     args = parser.parse_args()
     with ExitStack() as stack:
-        tmp = Path(tempfile.mkdtemp(prefix="dmedian-bench-"))
-        stack.callback(shutil.rmtree, tmp, ignore_errors=True)
-        bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "")
-        if not bootstrap:
-            port, controller = find_free_port_pair()
-            broker = LocalBroker(LocalBrokerOptions(port=port, controller_port=controller, home=tmp / "broker"))
-            broker.start()
-            stack.callback(broker.reset)
-            bootstrap = broker.bootstrap
+        tmp, bootstrap = bench_environment(stack, "dmedian-bench-")
         print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
               f"Python {platform.python_version()}, broker {bootstrap}, {args.partitions} partitions")  # fmt: skip
         print(f"{'workload':<18}{'numbers':>12}{'msgs/s':>12}{'numbers/s':>14}{'worst rank err':>16}{'bound':>9}"

@@ -22,17 +22,15 @@ import argparse
 import json
 import os
 import platform
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from contextlib import ExitStack
 from pathlib import Path
 
 import datasketches
-from bench_pipeline import WORKLOADS, BenchInput, measure_worker, prepare_input
+from bench_pipeline import WORKLOADS, BenchInput, bench_environment, measure_worker, prepare_input
 from confluent_kafka import Consumer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,7 +39,6 @@ sys.path.insert(0, str(REPO))
 from config import load_settings  # noqa: E402
 from pipeline.core.codec import decode_batch  # noqa: E402
 from pipeline.kafka.clients import admin_client  # noqa: E402
-from pipeline.localbroker import LocalBroker, LocalBrokerOptions, find_free_port_pair  # noqa: E402
 
 PEERS_DIR = REPO / ".cache" / "bench-peers"
 QUIX_REQUIREMENTS = ["quixstreams==3.28.1", "datasketches>=5.2,<6", "numpy>=2,<3", "orjson>=3.10,<4"]
@@ -136,15 +133,7 @@ def main() -> None:
     parser.add_argument("--only", choices=sorted(WORKLOADS), action="append", help="run only these workloads")
     args = parser.parse_args()
     with ExitStack() as stack:
-        tmp = Path(tempfile.mkdtemp(prefix="dmedian-throughput-"))
-        stack.callback(shutil.rmtree, tmp, ignore_errors=True)
-        bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "")
-        if not bootstrap:
-            port, controller = find_free_port_pair()
-            broker = LocalBroker(LocalBrokerOptions(port=port, controller_port=controller, home=tmp / "broker"))
-            broker.start()
-            stack.callback(broker.reset)
-            bootstrap = broker.bootstrap
+        tmp, bootstrap = bench_environment(stack, "dmedian-throughput-")
         print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
               f"broker {bootstrap}, {args.partitions} partitions; one process per runner")  # fmt: skip
         print(f"{'workload':<18}{'runner':<14}{'messages':>11}{'msgs/s':>12}{'numbers/s':>14}{'vs bare':>9}")
