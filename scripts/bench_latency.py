@@ -15,8 +15,6 @@ particular number). Timestamps come from the same clock; nothing sleeps to measu
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
 import sys
 import threading
 import time
@@ -25,7 +23,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
-from bench_pipeline import bench_environment
+from bench_pipeline import bench_environment, start_worker, worker_env
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -33,7 +31,6 @@ sys.path.insert(0, str(REPO))
 from config import load_settings  # noqa: E402
 from pipeline.kafka.clients import admin_client, producer  # noqa: E402
 from pipeline.kafka.follow import follow_medians, wait_for_record  # noqa: E402
-from pipeline.localbroker import free_port  # noqa: E402
 from topics import topic_set  # noqa: E402
 from topics.admin import create_topics  # noqa: E402
 
@@ -48,18 +45,11 @@ def main() -> None:  # noqa: PLR0915
     with ExitStack() as stack:
         tmp, bootstrap = bench_environment(stack, "dmedian-latency-")
         run = f"latency-{uuid.uuid4().hex[:8]}"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("DMEDIAN_")} | {
-            "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "DMEDIAN_APP_ID": run,
-            "DMEDIAN_TOPIC_NUMBERS": f"{run}-numbers", "DMEDIAN_TOPIC_SKETCHES": f"{run}-sketches",
-            "DMEDIAN_TOPIC_MEDIANS": f"{run}-medians", "DMEDIAN_TOPIC_DEAD_LETTERS": f"{run}-dead-letters",
-            "DMEDIAN_NUMBERS_PARTITIONS": str(args.partitions), "DMEDIAN_DATA_DIR": str(tmp / run),
-            "DMEDIAN_WEB_PORT": str(free_port()), "DMEDIAN_LOG_LEVEL": "warning",
-        } | {f"DMEDIAN_{k.upper()}": v for k, v in (item.split("=", 1) for item in args.set)}  # fmt: skip
+        env = worker_env(bootstrap, run, tmp, {"numbers_partitions": str(args.partitions)}
+                         | dict(item.split("=", 1) for item in args.set))  # fmt: skip
         settings = load_settings(environ=env)
         create_topics(admin_client(settings), topic_set(settings))
-        log = (tmp / "worker.log").open("wb")
-        worker = subprocess.Popen([sys.executable, "-m", "pipeline", "worker"], env=env, cwd=REPO,
-                                  stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+        worker = start_worker(env, (tmp / "worker.log").open("wb"))
         stack.callback(worker.wait, 60)
         stack.callback(worker.terminate)
         client = producer(settings, linger_ms=1)
@@ -116,6 +106,10 @@ def main() -> None:  # noqa: PLR0915
         print(f"latency produce -> medians: p50 {np.percentile(latencies, 50):.0f} ms, "
               f"p90 {np.percentile(latencies, 90):.0f} ms, p99 {np.percentile(latencies, 99):.0f} ms, "
               f"max {latencies.max():.0f} ms")  # fmt: skip
+        gaps = np.diff(arrivals) * 1000
+        worst = np.argsort(gaps)[-3:][::-1]
+        print("longest gaps between medians records: " + ", ".join(
+            f"{gaps[i]:.0f} ms at +{arrivals[i] - started:.1f} s" for i in worst))  # fmt: skip
 
 
 if __name__ == "__main__":

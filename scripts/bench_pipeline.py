@@ -26,6 +26,7 @@ import uuid
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import numpy.typing as npt
@@ -105,28 +106,13 @@ def prepare_input(bootstrap: str, name: str, numbers: int, partitions: int) -> B
 def measure_worker(bootstrap: str, data: BenchInput, tmp: Path, overrides: dict[str, str]) -> dict[str, float]:
     """Run one worker (fresh app id) over a pre-produced input topic; return its rate and accuracy."""
     run = f"bench-{uuid.uuid4().hex[:8]}"
-    env = (
-        {k: v for k, v in os.environ.items() if not k.startswith("DMEDIAN_")}
-        | {
-            "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-            "DMEDIAN_APP_ID": run,
-            "DMEDIAN_TOPIC_NUMBERS": data.topic,
-            "DMEDIAN_TOPIC_SKETCHES": f"{run}-sketches",
-            "DMEDIAN_TOPIC_MEDIANS": f"{run}-medians",
-            "DMEDIAN_TOPIC_DEAD_LETTERS": f"{run}-dead-letters",
-            "DMEDIAN_NUMBERS_PARTITIONS": str(data.partitions),
-            "DMEDIAN_DATA_DIR": str(tmp / run),
-            "DMEDIAN_WEB_PORT": str(free_port()),
-            "DMEDIAN_LOG_LEVEL": "warning",
-        }
-        | {f"DMEDIAN_{key.upper()}": value for key, value in overrides.items()}
-    )
+    env = worker_env(bootstrap, run, tmp, {"topic_numbers": data.topic, "numbers_partitions": str(data.partitions)}
+                     | overrides)  # fmt: skip
     settings = load_settings(environ=env)
     create_topics(admin_client(settings), topic_set(settings))
     numbers = data.values.size
     log = (tmp / f"{run}.log").open("wb")
-    worker = subprocess.Popen([sys.executable, "-m", "pipeline", "worker"], env=env, cwd=REPO,
-                              stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+    worker = start_worker(env, log)
     try:
         last = wait_for_record(settings, lambda r: r.n >= numbers, 900, lambda: worker.poll() is not None)
     finally:
@@ -150,6 +136,26 @@ def measure_worker(bootstrap: str, data: BenchInput, tmp: Path, overrides: dict[
         "worst_rank_error": worst,
         "bound": last.rank_error,
     }
+
+
+def worker_env(bootstrap: str, run: str, tmp: Path, settings: dict[str, str]) -> dict[str, str]:
+    """The environment of a worker of run ``run``: its own app id, topics, data dir and web port."""
+    base = {
+        "app_id": run, "topic_numbers": f"{run}-numbers", "topic_sketches": f"{run}-sketches",
+        "topic_medians": f"{run}-medians", "topic_dead_letters": f"{run}-dead-letters",
+        "data_dir": str(tmp / run), "web_port": str(free_port()), "log_level": "warning",
+    }  # fmt: skip
+    return (
+        {k: v for k, v in os.environ.items() if not k.startswith("DMEDIAN_")}
+        | {"KAFKA_BOOTSTRAP_SERVERS": bootstrap}
+        | {f"DMEDIAN_{key.upper()}": value for key, value in (base | settings).items()}
+    )
+
+
+def start_worker(env: dict[str, str], log: IO[bytes]) -> subprocess.Popen[bytes]:
+    """Start ``dmedian worker`` with ``env``, logging to ``log``."""
+    return subprocess.Popen([sys.executable, "-m", "pipeline", "worker"], env=env, cwd=REPO,
+                            stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
 
 
 def bench_environment(stack: ExitStack, prefix: str) -> tuple[Path, str]:

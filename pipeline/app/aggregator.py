@@ -60,7 +60,7 @@ class AggregatorService:
     def register(self, sketches: TopicT) -> None:
         """Attach the agent, the publish timer and the rebalance hooks to the app."""
         self._app.agent(sketches, name="aggregator")(self._run)
-        interval_s = max(self._settings.publish_interval_ms / 2000, 0.01)
+        interval_s = max(self._settings.publish_interval_ms / 4000, 0.01)
         self._app.timer(interval_s, name="aggregator.publish")(self._publish_if_due)
         # mode's Signal stubs want a receiver taking *args; ours names its argument.
         self._app.on_partitions_assigned.connect(self._on_assigned)  # type: ignore[arg-type]

@@ -15,6 +15,7 @@ from faust.types import TableT, TopicT
 
 from config import Settings
 from pipeline.app.aggregator import AggregatorService
+from pipeline.app.collector import CollectorPolicy
 from pipeline.app.dead_letters import DeadLetterSink
 from pipeline.app.shards import ShardService
 from pipeline.app.web import register_views
@@ -26,6 +27,8 @@ from topics.specs import AGGREGATOR_TABLE, SHARD_TABLE
 __all__ = ["Pipeline", "broker_credentials", "create_app"]
 
 logger = logging.getLogger(__name__)
+
+_GC_INTERVAL_MS = 1000
 
 
 @dataclass(frozen=True)
@@ -108,6 +111,8 @@ def create_app(settings: Settings) -> Pipeline:
     shards.register(numbers)
     aggregator = AggregatorService(app, settings, aggregator_table, medians, dead_letters)
     aggregator.register(sketches)
+    collector = CollectorPolicy(app, _GC_INTERVAL_MS)
+    collector.register()
     pipeline = Pipeline(app, settings, shards, aggregator, dead_letters)
     register_views(pipeline)
     return pipeline

@@ -78,7 +78,7 @@ class ShardService:
         """Attach the agent, the flush timer and the rebalance hooks to the app."""
         run = self._run_batches if self._settings.delivery == "batch" else self._run_events
         self._app.agent(numbers, name="shards")(run)
-        interval_s = max(self._settings.emit_interval_ms / 2000, 0.01)
+        interval_s = max(self._settings.emit_interval_ms / 4000, 0.01)
         self._app.timer(interval_s, name="shards.flush")(self._flush)
         # mode's Signal stubs want a receiver taking *args; ours names its argument.
         self._app.on_partitions_assigned.connect(self._on_assigned)  # type: ignore[arg-type]

@@ -10,6 +10,7 @@ from pipeline.cli.broker_cmd import broker_cli
 from pipeline.cli.demo_cmd import demo
 from pipeline.cli.produce_cmd import produce
 from pipeline.cli.topics_cmd import topics_cli
+from pipeline.cli.verify_cmd import verify
 from pipeline.cli.watch_cmd import shards, watch
 from pipeline.cli.worker_cmd import worker
 
@@ -33,6 +34,7 @@ def build_cli() -> typer.Typer:
     cli.command()(watch)
     cli.command()(shards)
     cli.command()(demo)
+    cli.command()(verify)
     return cli
 
 

@@ -43,9 +43,12 @@ def quantile_band(sketch: datasketches.kll_doubles_sketch, q: float, rank_error:
     if sketch.is_empty():
         nan = float("nan")
         return QuantileBand(nan, nan, nan)
-    lower_rank = min(max(q - rank_error, 0.0), 1.0)
-    upper_rank = min(max(q + rank_error, 0.0), 1.0)
-    return QuantileBand(sketch.get_quantile(q), sketch.get_quantile(lower_rank), sketch.get_quantile(upper_rank))
+    # A band reaching past rank 0 or 1 ends at the exact min or max: the sketch's
+    # quantile at 0 or 1 is only the smallest or largest item it kept.
+    lower_rank, upper_rank = q - rank_error, q + rank_error
+    lower = float(sketch.get_min_value()) if lower_rank <= 0.0 else sketch.get_quantile(min(lower_rank, 1.0))
+    upper = float(sketch.get_max_value()) if upper_rank >= 1.0 else sketch.get_quantile(max(upper_rank, 0.0))
+    return QuantileBand(sketch.get_quantile(q), lower, upper)
 
 
 @dataclass

@@ -66,6 +66,8 @@ from faust.transport.drivers import aiokafka as aiokafka_driver
 from faust.types import AppT, ConsumerT, TopicT
 from faust.types.tuples import TP, ConsumerMessage, Message
 
+from pipeline.transport.light_records import LightConsumerThread
+
 __all__ = [
     "FAUST_INTERNALS",
     "SCHEME",
@@ -95,6 +97,10 @@ FAUST_INTERNALS = (
     "faust.transport.consumer:Consumer._committed_offset",
     "faust.transport.consumer:Consumer._read_offset",
     "faust.transport.drivers.aiokafka:Consumer._to_message",
+    "faust.transport.drivers.aiokafka:Consumer._new_consumer_thread",
+    "faust.transport.drivers.aiokafka:AIOKafkaConsumerThread._create_worker_consumer",
+    "aiokafka.consumer.fetcher:PartitionRecords._unpack_records",  # replaced for raw records
+    "aiokafka.consumer.fetcher:READ_UNCOMMITTED",
     "faust.transport.drivers:TRANSPORTS.aliases",
     "faust.tables.recovery:Recovery._resume_streams",  # perform_seek, flow_control.resume, resume_flow
     "faust.tables.recovery:Recovery.on_recovery_completed",  # the same order
@@ -193,6 +199,13 @@ class BatchConsumer(aiokafka_driver.Consumer):
         self._hold_until_resume = False
         self._fetch_lock = asyncio.Lock()  # a fetch and a seek never overlap
 
+    def _new_consumer_thread(self) -> aiokafka_driver.AIOKafkaConsumerThread:
+        return LightConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    def wants_raw_records(self, topic: str) -> bool:
+        """Whether the fetcher hands out raw records of ``topic`` (see ``light_records``)."""
+        return topic in batch_topics(self.app)
+
     @property
     def _holding(self) -> bool:
         return self._seeks_running > 0 or self._hold_until_resume
@@ -264,8 +277,8 @@ class BatchConsumer(aiokafka_driver.Consumer):
         batch = RawBatch(list(map(_OFFSET, records)), list(map(_KEY, records)), values)
         timestamp: float = last.timestamp / 1000.0  # aiokafka: ms since the epoch, always set
         return ConsumerMessage(
-            topic=last.topic,
-            partition=last.partition,
+            topic=tp.topic,  # raw records carry neither topic nor partition
+            partition=tp.partition,
             offset=last.offset,
             timestamp=timestamp,
             timestamp_type=last.timestamp_type,

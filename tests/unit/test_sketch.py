@@ -205,3 +205,19 @@ def test_envelope_error_is_a_value_error_with_reason_and_detail() -> None:
     assert isinstance(error, ValueError)
     assert str(error) == "bad_magic: what went wrong"
     assert (error.reason, error.detail) == ("bad_magic", "what went wrong")
+
+
+def test_a_band_past_rank_zero_or_one_ends_at_the_exact_min_and_max() -> None:
+    # Heavy tails: the sketch keeps few extreme items, so its quantile at 0 or 1
+    # need not be the true extreme; the band must still contain the quantile.
+    rng = np.random.default_rng(5)
+    data = rng.pareto(1.1, 2_000_000) * np.where(rng.random(2_000_000) < 0.5, -1, 1)
+    sketch = datasketches.kll_doubles_sketch(200)
+    sketch.update(data)
+    error = float(sketch.normalized_rank_error(False))
+    for q in (0.001, 0.999):
+        band = quantile_band(sketch, q, error)
+        exact = float(np.quantile(data, q))
+        assert band.lower <= exact <= band.upper
+    assert quantile_band(sketch, 0.001, error).lower == data.min()
+    assert quantile_band(sketch, 0.999, error).upper == data.max()
