@@ -62,6 +62,10 @@ class Settings(BaseModel):
 
     emit_interval_ms: int = Field(default=200, ge=1, le=3_600_000)
     publish_interval_ms: int = Field(default=200, ge=1, le=3_600_000)
+    emission_rule: Literal["budget", "interval", "geometric"] = "budget"
+    error_budget: float = Field(default=0.005, gt=0.0, le=0.5)
+    heartbeat_ms: int = Field(default=10_000, ge=1, le=3_600_000)
+    geometric_growth: float = Field(default=2.0, gt=1.0, le=1_000.0)
 
     delivery: Literal["batch", "event"] = "batch"
     batch_max_events: int = Field(default=10_000, ge=1, le=1_000_000)
@@ -111,6 +115,14 @@ class Settings(BaseModel):
                 raise ValueError(
                     f"topic names must be distinct: {_env_name(name)} and {', '.join(clashing)} are both {value!r}"
                 )
+        if self.heartbeat_ms < self.publish_interval_ms:
+            # Silence for one heartbeat marks a shard stale: a heartbeat shorter than the
+            # publish interval would mark live shards stale between two records.
+            raise ValueError(
+                f"{_env_name('heartbeat_ms')}={self.heartbeat_ms} is shorter than "
+                f"{_env_name('publish_interval_ms')}={self.publish_interval_ms}; a heartbeat must be at least "
+                "one publish interval"
+            )
         if self.kafka_sasl_mechanism and not self.kafka_security_protocol.startswith("SASL"):
             raise ValueError(
                 f"{_env_name('kafka_sasl_mechanism')}={self.kafka_sasl_mechanism!r} is set but "

@@ -18,9 +18,19 @@ from faust.types.tuples import TP
 
 from config import Settings
 from pipeline.app.dead_letters import DeadLetterSink
+from pipeline.app.shards import shard_key
+from pipeline.core.budget import ShardLiveness
 from pipeline.core.emission import EmissionState, IntervalRule
 from pipeline.core.merge import GlobalEstimator
-from pipeline.core.wire import DeadLetter, MedianRecord, SketchSnapshot, SnapshotError
+from pipeline.core.wire import (
+    DeadLetter,
+    MedianRecord,
+    ShardProgress,
+    SketchSnapshot,
+    SnapshotError,
+    parse_sketches_value,
+    progress_key,
+)
 
 __all__ = ["MEDIAN_KEY", "AggregatorService"]
 
@@ -54,6 +64,10 @@ class AggregatorService:
         self._estimator: GlobalEstimator | None = None
         self._hosted = False
         self._changes = 0
+        self._urgent = False
+        self._liveness = ShardLiveness()
+        # The record states theta only when the shards spend it (the budget rule).
+        self._theta = settings.error_budget if settings.emission_rule == "budget" else None
         self.last_record: MedianRecord | None = None
         """The last record this worker published."""
 
@@ -85,19 +99,27 @@ class AggregatorService:
             shard = _shard_of(key)
             if key is not None and shard is not None:
                 estimator.forget(shard)
+                self._liveness.forget(shard)
                 self._table.pop(key, None)
                 self._changed()
             return
         try:
-            snapshot = SketchSnapshot.from_bytes(value)
-            if key != str(snapshot.shard).encode("ascii"):
-                raise SnapshotError("key_mismatch", f"key {key!r} does not name shard {snapshot.shard}")
+            message = parse_sketches_value(value)
+            expected = progress_key(message.shard) if isinstance(message, ShardProgress) else shard_key(message.shard)
+            if key != expected:
+                raise SnapshotError("key_mismatch", f"key {key!r} does not name shard {message.shard}")
         except SnapshotError as exc:
             await self._reject(event, exc)
             return
-        if estimator.offer(snapshot):
+        if isinstance(message, ShardProgress):
+            self._liveness.note_progress(message)
+            return
+        self._liveness.note_snapshot(message)
+        if estimator.offer(message):
             self._table[key] = value
             self._changed()
+            # A budget snapshot resets what the shard vouches for: publish it at once.
+            self._urgent = self._urgent or message.urgent
 
     async def _reject(self, event: EventT[Any], exc: SnapshotError) -> None:
         message = event.message
@@ -115,9 +137,12 @@ class AggregatorService:
         if self._estimator is None:
             estimator = GlobalEstimator(self._settings.sketch_k, self._settings.quantiles)
             # The table was restored from its changelog before agents and timers resume.
+            self._liveness = ShardLiveness()
             for key, value in self._table.items():
                 try:
-                    estimator.offer(SketchSnapshot.from_bytes(value))
+                    snapshot = SketchSnapshot.from_bytes(value)
+                    estimator.offer(snapshot)
+                    self._liveness.note_snapshot(snapshot)
                 except SnapshotError as exc:
                     logger.error("ignoring unreadable stored snapshot %r: %s", key, exc)
             logger.info("aggregator: restored %d shards, n=%d", estimator.shard_count, estimator.n)
@@ -130,9 +155,12 @@ class AggregatorService:
             return
         estimator = self._ensure_estimator()
         now_ms = _now_ms()
-        if estimator.shard_count == 0 or not self._throttle.should_emit(self._output, now_ms):
+        due = self._output.changed and (self._urgent or self._throttle.should_emit(self._output, now_ms))
+        if estimator.shard_count == 0 or not due:
             return
-        record = estimator.record(now_ms)
+        self._urgent = False
+        stale = self._liveness.stale(now_ms, 2 * self._settings.heartbeat_ms)
+        record = estimator.record(now_ms, self._theta, self._liveness.pending(), len(stale))
         await self._medians.send(key=MEDIAN_KEY, value=record.to_json())
         self._output.mark_emitted(now_ms)
         self.last_record = record

@@ -17,9 +17,10 @@ from config import Settings
 from pipeline.app.aggregator import AggregatorService
 from pipeline.app.collector import CollectorPolicy
 from pipeline.app.dead_letters import DeadLetterSink
+from pipeline.app.global_view import MediansFollower
 from pipeline.app.shards import ShardService
 from pipeline.app.web import register_views
-from pipeline.core.emission import IntervalRule
+from pipeline.core.emission import build_shard_rule
 from pipeline.transport import SCHEME, batch_topic, register_transport
 from topics import topic_set
 from topics.specs import AGGREGATOR_TABLE, SHARD_TABLE
@@ -107,7 +108,16 @@ def create_app(settings: Settings) -> Pipeline:
     shard_table = _table(app, SHARD_TABLE, specs.numbers.partitions, "KLL sketch and source offset per shard")
     aggregator_table = _table(app, AGGREGATOR_TABLE, specs.sketches.partitions, "latest snapshot per shard")
 
-    shards = ShardService(app, settings, shard_table, sketches, dead_letters, IntervalRule(settings.emit_interval_ms))
+    rule = build_shard_rule(
+        settings.emission_rule,
+        interval_ms=settings.emit_interval_ms,
+        theta=settings.error_budget,
+        heartbeat_ms=settings.heartbeat_ms,
+        growth=settings.geometric_growth,
+        shards_hint=settings.numbers_partitions,
+        quantiles=settings.quantiles,
+    )
+    shards = ShardService(app, settings, shard_table, sketches, dead_letters, rule, MediansFollower(settings))
     shards.register(numbers)
     aggregator = AggregatorService(app, settings, aggregator_table, medians, dead_letters)
     aggregator.register(sketches)

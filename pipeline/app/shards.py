@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from faust.types import AppT, EventT, StreamT, TableT, TopicT
@@ -20,11 +20,14 @@ from faust.types.tuples import TP
 from config import Settings
 from pipeline.app.dead_letters import DeadLetterSink
 from pipeline.app.event_context import bound_to_event
+from pipeline.app.global_view import MediansFollower
+from pipeline.core.budget import GlobalView
 from pipeline.core.codec import CodecOptions
-from pipeline.core.emission import EmissionRule, EmissionState
+from pipeline.core.emission import EmissionState, ShardEmissionRule
 from pipeline.core.ingest import RecordBatch, ingest_batch, rejection_counts
 from pipeline.core.sketch import ShardState
-from pipeline.core.wire import DeadLetter, SketchSnapshot
+from pipeline.core.wire import DeadLetter, ShardProgress, SketchSnapshot, progress_key
+from pipeline.transport import resume_from_state
 
 __all__ = ["ShardService", "shard_key"]
 
@@ -44,8 +47,8 @@ def _now_ms() -> int:
 class _Slot:
     """This worker's in-memory view of one shard it owns."""
 
+    emission: EmissionState
     state: ShardState | None = None
-    emission: EmissionState = field(default_factory=EmissionState)
 
 
 class ShardService:
@@ -58,7 +61,8 @@ class ShardService:
         table: TableT[bytes, bytes],
         sketches: TopicT,
         dead_letters: DeadLetterSink,
-        rule: EmissionRule,
+        rule: ShardEmissionRule,
+        follower: MediansFollower,
     ) -> None:
         self._app = app
         self._settings = settings
@@ -66,6 +70,8 @@ class ShardService:
         self._sketches = sketches
         self._dead_letters = dead_letters
         self._rule = rule
+        self._follower = follower
+        self._records_seen = 0
         self._codec = CodecOptions(settings.accept_infinity, settings.max_value_bytes)
         self._slots: dict[int, _Slot] = {}
         self._numbers_topic = settings.topic_numbers
@@ -73,6 +79,8 @@ class ShardService:
         """Snapshots this worker sent."""
         self.snapshot_bytes_sent = 0
         """Bytes of snapshots this worker sent."""
+        self.heartbeats_sent = 0
+        """Progress messages (heartbeats) this worker sent."""
 
     def register(self, numbers: TopicT) -> None:
         """Attach the agent, the flush timer and the rebalance hooks to the app."""
@@ -80,9 +88,16 @@ class ShardService:
         self._app.agent(numbers, name="shards")(run)
         interval_s = max(self._settings.emit_interval_ms / 4000, 0.01)
         self._app.timer(interval_s, name="shards.flush")(self._flush)
+        self._app.task(self._follow_medians)
         # mode's Signal stubs want a receiver taking *args; ours names its argument.
         self._app.on_partitions_assigned.connect(self._on_assigned)  # type: ignore[arg-type]
         self._app.on_partitions_revoked.connect(self._on_revoked)  # type: ignore[arg-type]
+        resume_from_state(self._app, self._resume_offset)
+
+    def _resume_offset(self, tp: TP) -> int | None:
+        # The offset after the last record the stored state applied: the source of truth.
+        stored = self._table.get(shard_key(tp.partition)) if tp.topic == self._numbers_topic else None
+        return ShardState.from_bytes(stored).last_offset + 1 if stored else None
 
     @property
     def owned(self) -> list[int]:
@@ -114,6 +129,22 @@ class ShardService:
                 await self._apply(partition, batch, group[-1])
             yield None
 
+    async def _follow_medians(self) -> None:
+        # Started with the worker, not with the app: building an app reads nothing.
+        self._follower.start()
+
+    def _slot(self, shard: int) -> _Slot:
+        slot = self._slots.get(shard)
+        if slot is None:
+            slot = self._slots[shard] = _Slot(self._rule.new_state())
+            slot.emission.see(self._view)
+        return slot
+
+    @property
+    def _view(self) -> GlobalView | None:
+        latest = self._follower.latest
+        return GlobalView.from_record(latest) if latest is not None else None
+
     async def _apply(self, partition: int, batch: RecordBatch, last_event: EventT[Any]) -> None:
         with bound_to_event(last_event):
             state = self._load(partition)
@@ -132,34 +163,49 @@ class ShardService:
                 tuple((bad.index, bad.reason.value) for bad in rejection.bad_elements),
             )
             await self._dead_letters.send(letter, record.key, rejection_counts(rejection))
-        slot = self._slots.setdefault(partition, _Slot())
-        slot.emission.version = state.last_offset
-        await self._maybe_emit(partition, slot, _now_ms())
+        now_ms = _now_ms()
+        slot = self._slot(partition)
+        slot.emission.observe(state.n, state.last_offset, result.accepted_values, now_ms)
+        await self._maybe_emit(partition, slot, now_ms)
 
     def _load(self, partition: int) -> ShardState:
-        slot = self._slots.setdefault(partition, _Slot())
+        slot = self._slot(partition)
         if slot.state is None:
             stored = self._table.get(shard_key(partition))
             slot.state = (
                 ShardState.from_bytes(stored) if stored else ShardState.empty(partition, self._settings.sketch_k)
             )
             logger.info("shard %d: loaded state n=%d last_offset=%d", partition, slot.state.n, slot.state.last_offset)
+            slot.emission.observe(slot.state.n, slot.state.last_offset)
         return slot.state
 
     async def _maybe_emit(self, shard: int, slot: _Slot, now_ms: int) -> None:
-        if slot.state is None or not self._rule.should_emit(slot.emission, now_ms):
+        state, emission = slot.state, slot.emission
+        if state is None:
             return
-        snapshot = SketchSnapshot.from_state(slot.state, now_ms)
-        payload = snapshot.to_bytes()
-        await self._sketches.send(key=shard_key(shard), value=payload)
-        slot.emission.mark_emitted(now_ms)
-        self.snapshots_sent += 1
-        self.snapshot_bytes_sent += len(payload)
+        if self._rule.should_emit(emission, now_ms):
+            payload = SketchSnapshot.from_state(state, now_ms, self._rule.urgent(emission)).to_bytes()
+            await self._sketches.send(key=shard_key(shard), value=payload)
+            emission.mark_emitted(now_ms, state.sketch)
+            self.snapshots_sent += 1
+            self.snapshot_bytes_sent += len(payload)
+        elif self._rule.should_heartbeat(emission, now_ms):
+            # Header only: "alive, ingested this far"; silence then means a dead shard.
+            progress = ShardProgress(shard, max(emission.emitted_n, 0), state.n, state.last_offset, now_ms)
+            await self._sketches.send(key=progress_key(shard), value=progress.to_bytes())
+            emission.mark_heartbeat(now_ms)
+            self.heartbeats_sent += 1
 
     async def _flush(self) -> None:
         if self._app.rebalancing or getattr(self._app, "in_recovery", False):
             return
         now_ms = _now_ms()
+        if self._follower.records_read != self._records_seen:
+            # A newer global record: each shard checks its budget against it.
+            self._records_seen = self._follower.records_read
+            view = self._view
+            for slot in self._slots.values():
+                slot.emission.see(view)
         for shard, slot in list(self._slots.items()):
             if slot.state is None:
                 # Newly assigned: announce its restored state once, so the aggregator
@@ -168,13 +214,13 @@ class ShardService:
                 if not stored:
                     continue
                 slot.state = ShardState.from_bytes(stored)
-                slot.emission.version = slot.state.last_offset
+                slot.emission.observe(slot.state.n, slot.state.last_offset, now_ms=now_ms)
             await self._maybe_emit(shard, slot, now_ms)
 
     async def _on_assigned(self, _sender: AppT, assigned: set[TP], **_kwargs: Any) -> None:
         for tp in assigned:
             if tp.topic == self._numbers_topic:
-                self._slots.setdefault(tp.partition, _Slot())
+                self._slot(tp.partition)
 
     async def _on_revoked(self, _sender: AppT, revoked: set[TP], **_kwargs: Any) -> None:
         # Another worker may own these next; our cached state would go stale.

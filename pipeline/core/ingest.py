@@ -12,9 +12,10 @@ import bisect
 import logging
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
+import numpy.typing as npt
 
 from pipeline.core.codec import CodecOptions, Rejection, decode_batch
 from pipeline.core.sketch import ShardState
@@ -48,6 +49,8 @@ class IngestResult:
     """Rejected records (whole or in part), each with its record for the dead-letter topic."""
     advanced: bool
     """Whether the state's offset moved, so that it must be written (once)."""
+    accepted_values: npt.NDArray[np.float64] = field(default_factory=lambda: np.empty(0), compare=False, repr=False)
+    """The numbers added to the sketch, in order (for the emission budget's counts)."""
 
 
 def rejection_counts(rejection: Rejection) -> dict[str, int]:
@@ -116,4 +119,4 @@ def ingest_batch(state: ShardState, batch: RecordBatch, options: CodecOptions) -
         counts.update(rejection_counts(rejection))
     state.apply(decoded.values, batch.offsets[-1], counts)
     rejected = tuple((batch.record(start + r.index), r) for r in decoded.rejections)
-    return IngestResult(int(decoded.values.size), start, rejected, advanced=True)
+    return IngestResult(int(decoded.values.size), start, rejected, advanced=True, accepted_values=decoded.values)

@@ -5,6 +5,10 @@ sketch of their union with the same error guarantee as one sketch fed the whole
 stream (Karnin, Lang, Liberty 2016). So the global estimate keeps only the
 latest snapshot of each shard and merges them; ``n`` is the exact sum of the
 shards' counts.
+
+The merge goes through a :class:`~pipeline.core.merge_tree.MergeTree`: a new
+snapshot re-merges only its path to the root, lazily at the next publish, so the
+cost per snapshot grows with log S, not S.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from dataclasses import dataclass
 
 import datasketches
 
+from pipeline.core.merge_tree import MergeTree, MergeTreeOptions
 from pipeline.core.sketch import quantile_band
 from pipeline.core.wire import MedianRecord, QuantileEstimate, SketchSnapshot
 
@@ -23,24 +28,31 @@ __all__ = ["GlobalEstimator", "ShardView"]
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ShardView:
-    """What the aggregator knows of one shard: its latest snapshot, decoded once."""
+    """What the aggregator knows of one shard: its latest snapshot.
+
+    The sketch stays serialized (in the snapshot) to keep memory per shard small;
+    the merge tree deserializes it when it re-merges the shard's bottom node.
+    """
 
     snapshot: SketchSnapshot
     """The latest snapshot received."""
-    sketch: datasketches.kll_doubles_sketch
-    """The snapshot's sketch, deserialized."""
+
+    def sketch(self) -> datasketches.kll_doubles_sketch:
+        """The snapshot's sketch, deserialized anew (a copy the caller owns)."""
+        return self.snapshot.sketch()
 
 
 class GlobalEstimator:
     """Holds the latest snapshot per shard and produces the global record."""
 
-    def __init__(self, k: int, quantiles: Sequence[float]) -> None:
+    def __init__(self, k: int, quantiles: Sequence[float], tree: MergeTreeOptions | None = None) -> None:
         self._k = k
         self._quantiles = tuple(quantiles)
         self._shards: dict[int, ShardView] = {}
-        self._merged: datasketches.kll_doubles_sketch | None = None
+        self._tree = MergeTree(k, tree)
+        self._n = 0  # the running sum of the held snapshots' counts
 
     @property
     def shard_count(self) -> int:
@@ -48,9 +60,14 @@ class GlobalEstimator:
         return len(self._shards)
 
     @property
+    def merge_tree(self) -> MergeTree:
+        """The merge tree behind :meth:`merged_sketch` (for benchmarks and diagnostics; do not modify)."""
+        return self._tree
+
+    @property
     def n(self) -> int:
-        """The exact number of numbers across all shards."""
-        return sum(view.snapshot.n for view in self._shards.values())
+        """The exact number of numbers across all shards (kept as a running sum: O(1))."""
+        return self._n
 
     def shards(self) -> Iterable[SketchSnapshot]:
         """The latest snapshot of every shard, by shard id."""
@@ -67,36 +84,57 @@ class GlobalEstimator:
         if held is not None and (snapshot.last_offset, snapshot.n) < (held.snapshot.last_offset, held.snapshot.n):
             logger.debug("dropping stale snapshot of shard %d at offset %d", snapshot.shard, snapshot.last_offset)
             return False
-        self._shards[snapshot.shard] = ShardView(snapshot, snapshot.sketch())
-        self._merged = None
+        self._shards[snapshot.shard] = ShardView(snapshot)
+        self._n += snapshot.n - (held.snapshot.n if held is not None else 0)
+        self._tree.update(snapshot.shard, snapshot.sketch_bytes)
         return True
 
     def forget(self, shard: int) -> None:
         """Drop a shard (its snapshot was deleted with a tombstone)."""
-        if self._shards.pop(shard, None) is not None:
-            self._merged = None
+        held = self._shards.pop(shard, None)
+        if held is not None:
+            self._n -= held.snapshot.n
+            self._tree.remove(shard)
 
     def merged_sketch(self) -> datasketches.kll_doubles_sketch:
-        """The union of every shard's sketch (cached until the next change)."""
-        if self._merged is None:
-            merged = datasketches.kll_doubles_sketch(self._k)
-            for view in self._shards.values():
-                if not view.sketch.is_empty():
-                    merged.merge(view.sketch)
-            self._merged = merged
-        return self._merged
+        """The union of every shard's sketch: the tree's root, re-merging only what changed.
 
-    def record(self, ts: int) -> MedianRecord:
-        """The global estimate as a ``medians`` record."""
+        The sketch belongs to the estimator: read it, do not update it.
+        """
+        return self._tree.merged()
+
+    def stale_shards(self, now_ms: int, max_age_ms: int) -> list[int]:
+        """Shards whose latest snapshot is older than ``max_age_ms`` at ``now_ms``, by id.
+
+        Stale shards stay in the estimate: their numbers were seen, and the estimate
+        is of everything seen so far. This only reports them (a silent shard is
+        idle, or its worker is down).
+        """
+        oldest_ms = now_ms - max_age_ms
+        return sorted(shard for shard, view in self._shards.items() if view.snapshot.ts < oldest_ms)
+
+    def record(self, ts: int, theta: float | None = None, pending: int = 0, stale_shards: int = 0) -> MedianRecord:
+        """The global estimate as a ``medians`` record.
+
+        ``theta`` is the shards' emission budget (None when their rule bounds
+        nothing): each quantile's bound is the merged sketch's rank error plus
+        theta, and ``lower``/``upper`` are the values at q -+ that bound.
+        ``pending`` and ``stale_shards`` come from the shards' progress messages
+        (:class:`~pipeline.core.budget.ShardLiveness`).
+        """
         merged = self.merged_sketch()
         error = float(merged.normalized_rank_error(False))
-        quantiles = tuple(QuantileEstimate(q, quantile_band(merged, q, error)) for q in self._quantiles)
+        bound = error + (theta or 0.0)
+        quantiles = tuple(QuantileEstimate(q, quantile_band(merged, q, bound), bound) for q in self._quantiles)
         return MedianRecord(
             n=self.n,
             shards=self.shard_count,
-            median=quantile_band(merged, 0.5, error),
+            median=quantile_band(merged, 0.5, bound),
             rank_error=error,
             quantiles=quantiles,
             ts=ts,
             rejected=sum(view.snapshot.rejected for view in self._shards.values()),
+            theta=theta,
+            pending=pending,
+            stale_shards=stale_shards,
         )

@@ -3,7 +3,11 @@
 * :class:`SketchSnapshot` goes to the compacted ``sketches`` topic, key = shard id.
   Binary envelope (see :mod:`pipeline.core.envelope`) with the standard
   DataSketches KLL serialization as payload.
-* :class:`MedianRecord` goes to ``medians``, key ``global``, as JSON.
+* :class:`ShardProgress` (a heartbeat) goes to ``sketches`` too, key
+  ``<shard>.progress`` (its own key, so that compaction never replaces a shard's
+  snapshot by a heartbeat): the same envelope, header only, no sketch.
+* :class:`MedianRecord` goes to ``medians``, key ``global``, as JSON (version 2;
+  version 1 records are still read).
 * :class:`DeadLetter` goes to ``dead-letters`` as JSON with the original bytes.
 
 A reader refuses a version it does not know instead of guessing.
@@ -20,16 +24,21 @@ from typing import Any
 import datasketches
 import orjson
 
-from pipeline.core.envelope import EnvelopeError, pack_envelope, unpack_envelope
+from pipeline.core.envelope import Envelope, EnvelopeError, pack_envelope, unpack_envelope
 from pipeline.core.sketch import QuantileBand, ShardState, quantile_band
 
 __all__ = [
     "MEDIAN_RECORD_VERSION",
+    "PROGRESS_VERSION",
     "SNAPSHOT_VERSION",
     "DeadLetter",
     "MedianRecord",
+    "QuantileEstimate",
+    "ShardProgress",
     "SketchSnapshot",
     "SnapshotError",
+    "parse_sketches_value",
+    "progress_key",
     "quantile_key",
 ]
 
@@ -37,8 +46,13 @@ logger = logging.getLogger(__name__)
 
 SNAPSHOT_MAGIC = b"DMSK"
 SNAPSHOT_VERSION = 1
-MEDIAN_RECORD_VERSION = 1
+PROGRESS_VERSION = 1
+"""Version of the optional ``progress`` header field (the envelope's version stays 1: readers of
+version 1 read snapshots exactly as before, and only a progress message carries the field)."""
+MEDIAN_RECORD_VERSION = 2
+_MEDIAN_RECORD_VERSIONS = (1, 2)
 DEAD_LETTER_VERSION = 1
+PROGRESS_KEY_SUFFIX = ".progress"
 
 SnapshotError = EnvelopeError
 """Raised for snapshot bytes that are forged, corrupt, truncated or of an unknown version."""
@@ -75,10 +89,15 @@ class SketchSnapshot:
     """Rejected messages or elements of this shard so far, all reasons."""
     sketch_bytes: bytes
     """Standard DataSketches ``kll_doubles_sketch`` serialization."""
+    urgent: bool = False
+    """Sent under the error-budget rule: the aggregator should publish at once rather than at its
+    next interval, because the latest record no longer covers this shard fully until a record reflects
+    this snapshot. Optional header field ``"urgent": true`` (14 bytes), absent otherwise: version-1
+    readers ignore it."""
 
     @classmethod
-    def from_state(cls, state: ShardState, ts: int) -> SketchSnapshot:
-        """Snapshot a shard's current state."""
+    def from_state(cls, state: ShardState, ts: int, urgent: bool = False) -> SketchSnapshot:
+        """Snapshot a shard's current state (``urgent``: see the field)."""
         sketch = state.sketch
         error = float(sketch.normalized_rank_error(False))
         empty = sketch.is_empty()
@@ -94,6 +113,7 @@ class SketchSnapshot:
             ts=ts,
             rejected=sum(state.rejected.values()),
             sketch_bytes=sketch.serialize(),
+            urgent=urgent,
         )
 
     def sketch(self) -> datasketches.kll_doubles_sketch:
@@ -114,6 +134,8 @@ class SketchSnapshot:
             "ts": self.ts,
             "rejected": self.rejected,
         }
+        if self.urgent:
+            header["urgent"] = True
         return pack_envelope(SNAPSHOT_MAGIC, SNAPSHOT_VERSION, header, self.sketch_bytes)
 
     @classmethod
@@ -121,6 +143,8 @@ class SketchSnapshot:
         """Parse and validate; raises :class:`SnapshotError` naming what is wrong."""
         envelope = unpack_envelope(data, SNAPSHOT_MAGIC, SNAPSHOT_VERSION)
         h = envelope.header
+        if "progress" in h:
+            raise SnapshotError("not_a_snapshot", "a progress message (heartbeat): read it with parse_sketches_value")
         try:
             snapshot = cls(
                 shard=_int(h["shard"]),
@@ -134,6 +158,7 @@ class SketchSnapshot:
                 ts=_int(h["ts"]),
                 rejected=_int(h["rejected"]),
                 sketch_bytes=envelope.payload,
+                urgent=_bool(h.get("urgent", False)),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise SnapshotError("bad_header", f"missing or mistyped field: {exc!r}") from None
@@ -158,36 +183,136 @@ class SketchSnapshot:
 
 
 @dataclass(frozen=True)
+class ShardProgress:
+    """A heartbeat: the shard is alive, and how far it has ingested beyond its last snapshot.
+
+    Wire form: the snapshot envelope (magic ``DMSK``, version 1) with an empty
+    payload and the header ``{"shard": s, "progress": {"v": 1, "n", "ingested",
+    "last_offset", "ts"}}``. About 100 bytes (9-byte prefix plus ~90 bytes of JSON
+    for realistic counts and timestamps), against ~5.5 KB for a snapshot, so a
+    shard can say "alive, and this much is pending" every few seconds for free.
+    """
+
+    shard: int
+    """The shard id."""
+    n: int
+    """Numbers in the shard's last snapshot sent (what the aggregator reflects of it)."""
+    ingested: int
+    """Numbers the shard has ingested now (>= n): ``ingested - n`` are pending."""
+    last_offset: int
+    """Offset of the last source record ingested now (orders heartbeats and snapshots of one shard)."""
+    ts: int
+    """Send time, epoch milliseconds."""
+
+    @property
+    def pending(self) -> int:
+        """Numbers ingested but not in the last snapshot."""
+        return self.ingested - self.n
+
+    def to_bytes(self) -> bytes:
+        """Serialize to the wire format."""
+        progress = {"v": PROGRESS_VERSION, "n": self.n, "ingested": self.ingested,
+                    "last_offset": self.last_offset, "ts": self.ts}  # fmt: skip
+        return pack_envelope(SNAPSHOT_MAGIC, SNAPSHOT_VERSION, {"shard": self.shard, "progress": progress}, b"")
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> ShardProgress:
+        """Parse and validate; raises :class:`SnapshotError` naming what is wrong."""
+        return cls._from_envelope(unpack_envelope(data, SNAPSHOT_MAGIC, SNAPSHOT_VERSION))
+
+    @classmethod
+    def _from_envelope(cls, envelope: Envelope) -> ShardProgress:
+        header = envelope.header
+        body = header.get("progress")
+        if not isinstance(body, dict):
+            raise SnapshotError("bad_header", "no progress field: not a progress message")
+        if body.get("v") != PROGRESS_VERSION:
+            raise SnapshotError("unsupported_version", f"progress version {body.get('v')!r} is not {PROGRESS_VERSION}")
+        try:
+            progress = cls(
+                _int(header["shard"]), _int(body["n"]), _int(body["ingested"]), _int(body["last_offset"]),
+                _int(body["ts"]),
+            )  # fmt: skip
+        except (KeyError, TypeError) as exc:
+            raise SnapshotError("bad_header", f"missing or mistyped progress field: {exc!r}") from None
+        if progress.shard < 0 or progress.n < 0 or progress.ingested < progress.n or progress.last_offset < -1:
+            raise SnapshotError("bad_header", f"inconsistent progress counts in {progress}")
+        if envelope.payload:
+            raise SnapshotError("bad_header", f"a progress message carries no payload, found {len(envelope.payload)} B")
+        return progress
+
+
+def progress_key(shard: int) -> bytes:
+    """The ``sketches`` key of a shard's progress messages (distinct from its snapshot's key)."""
+    return f"{shard}{PROGRESS_KEY_SUFFIX}".encode("ascii")
+
+
+def parse_sketches_value(data: bytes) -> SketchSnapshot | ShardProgress:
+    """A value read from ``sketches``: a snapshot or a progress message; :class:`SnapshotError` otherwise."""
+    envelope = unpack_envelope(data, SNAPSHOT_MAGIC, SNAPSHOT_VERSION)
+    if "progress" in envelope.header:
+        return ShardProgress._from_envelope(envelope)
+    return SketchSnapshot.from_bytes(data)
+
+
+@dataclass(frozen=True)
 class QuantileEstimate:
     """One served quantile."""
 
     q: float
     """The quantile's rank, in [0, 1]."""
     band: QuantileBand
-    """The estimate and its values at ranks q -+ rank_error."""
+    """The estimate and its values at ranks q -+ rank_bound."""
+    rank_bound: float | None = None
+    """The total bound on the value's rank error: the sketch's rank error plus the emission
+    budget theta (None: the record's ``rank_error``, as in version 1 records)."""
 
 
 @dataclass(frozen=True)
 class MedianRecord:
-    """The global estimate published to ``medians`` (key ``global``)."""
+    """The global estimate published to ``medians`` (key ``global``).
+
+    Version 2 adds the emission budget: each quantile's ``rank_bound`` is the
+    sketch's ``rank_error`` plus ``theta``, and covers every number the shards had
+    ingested (not only the ``n`` reflected), once every shard has seen the record
+    (see :mod:`pipeline.core.budget`). ``lower``/``upper`` are at q -+ rank_bound.
+    """
 
     n: int
     """Numbers summarised across all shards (the sum of the shards' counts)."""
     shards: int
     """Shards with a snapshot in the estimate."""
     median: QuantileBand
-    """The global median with the values at ranks 0.5 -+ rank_error."""
+    """The global median with the values at ranks 0.5 -+ rank_bound."""
     rank_error: float
-    """The merged sketch's normalized rank error (99% confidence)."""
+    """The merged sketch's normalized rank error (99% confidence): its part of the bound."""
     quantiles: tuple[QuantileEstimate, ...]
     """The configured quantiles."""
     ts: int
     """Publication time, epoch milliseconds."""
     rejected: int = 0
     """Rejected input across all shards, as reported by their snapshots."""
+    theta: float | None = None
+    """The emission rule's error budget, added to ``rank_error`` in each ``rank_bound``
+    (None: the rule bounds nothing, and the record covers only the ``n`` reflected numbers)."""
+    pending: int = 0
+    """Numbers the shards reported ingesting (in their latest messages) that ``n`` does not reflect yet."""
+    stale_shards: int = 0
+    """Shards not heard from (snapshot or heartbeat) for longer than the aggregator's staleness age
+    (twice ``heartbeat_ms`` is the suggested age): their worker is down, or their input paused."""
+
+    @property
+    def rank_bound(self) -> float:
+        """The total bound of the median (and of every quantile this record's shards track)."""
+        return self.rank_error + (self.theta or 0.0)
+
+    def bound_of(self, estimate: QuantileEstimate) -> float:
+        """The rank bound of one served quantile (the record's, when the entry states none)."""
+        return self.rank_bound if estimate.rank_bound is None else estimate.rank_bound
 
     def to_json(self) -> bytes:
         """The record as documented in the README."""
+        quantiles = {quantile_key(e.q): {**_band_json(e.band), "rank_bound": self.bound_of(e)} for e in self.quantiles}
         body: dict[str, Any] = {
             "v": MEDIAN_RECORD_VERSION,
             "n": self.n,
@@ -196,7 +321,10 @@ class MedianRecord:
             "lower": _json_float(self.median.lower),
             "upper": _json_float(self.median.upper),
             "rank_error": self.rank_error,
-            "quantiles": {quantile_key(e.q): _band_json(e.band) for e in self.quantiles},
+            "theta": self.theta,
+            "quantiles": quantiles,
+            "pending": self.pending,
+            "stale_shards": self.stale_shards,
             "rejected": self.rejected,
             "ts": self.ts,
         }
@@ -204,24 +332,34 @@ class MedianRecord:
 
     @classmethod
     def from_json(cls, data: bytes) -> MedianRecord:
-        """Parse a record; refuses unknown versions."""
+        """Parse a record of version 2 or 1; refuses other versions."""
         body = orjson.loads(data)
-        if not isinstance(body, dict) or body.get("v") != MEDIAN_RECORD_VERSION:
-            version = body.get("v") if isinstance(body, dict) else None
-            raise ValueError(f"unsupported median record version {version!r} (supported: {MEDIAN_RECORD_VERSION})")
+        version = body.get("v") if isinstance(body, dict) else None
+        if version not in _MEDIAN_RECORD_VERSIONS or isinstance(version, bool):
+            raise ValueError(f"unsupported median record version {version!r} (supported: {_MEDIAN_RECORD_VERSIONS})")
+        rank_error = float(body["rank_error"])
+        # Version 1 placed lower/upper at q -+ rank_error: that is its rank bound.
         quantiles = tuple(
-            QuantileEstimate(float(key), QuantileBand(*(_float(band[f]) for f in ("value", "lower", "upper"))))
+            QuantileEstimate(
+                float(key),
+                QuantileBand(*(_float(band[f]) for f in ("value", "lower", "upper"))),
+                rank_error if version == 1 else float(band["rank_bound"]),
+            )
             for key, band in body["quantiles"].items()
         )
         median = QuantileBand(_float(body["median"]), _float(body["lower"]), _float(body["upper"]))
+        theta = body.get("theta")
         return cls(
             int(body["n"]),
             int(body["shards"]),
             median,
-            float(body["rank_error"]),
+            rank_error,
             quantiles,
             int(body["ts"]),
             int(body.get("rejected", 0)),
+            None if theta is None else float(theta),
+            int(body.get("pending", 0)),
+            int(body.get("stale_shards", 0)),
         )
 
 
@@ -290,6 +428,12 @@ def _float(value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"expected a number, got {type(value).__name__}")
     return float(value)
+
+
+def _bool(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"expected a boolean, got {type(value).__name__}")
+    return value
 
 
 def _int(value: object) -> int:

@@ -1,16 +1,15 @@
 """Faust transports of the pipeline: batch delivery over aiokafka (``dmkafka://``)."""
 
-from pipeline.transport.batching import (
+from pipeline.transport.batches import (
     SCHEME,
-    BatchConsumer,
-    BatchTransport,
     RawBatch,
     RawBatchSchema,
     batch_topic,
     batch_topics,
     deliver_in_batches,
-    register_transport,
+    resume_from_state,
 )
+from pipeline.transport.batching import BatchConsumer, BatchTransport, register_transport
 
 __all__ = [
     "SCHEME",
@@ -22,4 +21,5 @@ __all__ = [
     "batch_topics",
     "deliver_in_batches",
     "register_transport",
+    "resume_from_state",
 ]

@@ -37,6 +37,12 @@ batch is handed over (one fetched before is kept for later, or dropped if the se
 moved its partition, which reads it again). Records before the offset a partition's
 next batch must start at are dropped, as Faust's drain drops stale messages.
 
+Where a partition resumes: an app may declare with :func:`resume_from_state` where
+its own state says reading must continue (our shards store the last offset they
+applied). After seeking to the committed offsets, batch partitions are moved there,
+so a commit that ran ahead of a lost state write cannot lose records, and a state
+ahead of the commit skips the re-read.
+
 Faust internals used
 --------------------
 :data:`FAUST_INTERNALS` lists them (a guard test checks they exist), and relies on:
@@ -54,37 +60,24 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from operator import attrgetter
 from typing import Any, ClassVar
 
-import faust
 from faust.transport.drivers import TRANSPORTS
 from faust.transport.drivers import aiokafka as aiokafka_driver
-from faust.types import AppT, ConsumerT, TopicT
-from faust.types.tuples import TP, ConsumerMessage, Message
+from faust.types import ConsumerT
+from faust.types.tuples import TP, ConsumerMessage
 
+from pipeline.transport.batches import SCHEME, RawBatch, batch_topics, resume_offsets
 from pipeline.transport.light_records import LightConsumerThread
 
-__all__ = [
-    "FAUST_INTERNALS",
-    "SCHEME",
-    "BatchConsumer",
-    "BatchTransport",
-    "RawBatch",
-    "RawBatchSchema",
-    "batch_topic",
-    "batch_topics",
-    "deliver_in_batches",
-    "register_transport",
-]
+__all__ = ["FAUST_INTERNALS", "BatchConsumer", "BatchTransport", "register_transport"]
 
 logger = logging.getLogger(__name__)
 
-SCHEME = "dmkafka"
-"""Broker URL scheme of :class:`BatchTransport` (``dmkafka://host:port``)."""
 
 FAUST_INTERNALS = (
     "faust.transport.consumer:Consumer.getmany",  # calls _to_message only for what it yields
@@ -106,72 +99,6 @@ FAUST_INTERNALS = (
     "faust.tables.recovery:Recovery.on_recovery_completed",  # the same order
 )
 """Private Faust names this module overrides or relies on (see the module docstring)."""
-
-# Faust's Settings silently drops unknown keys, so the batch-delivered topic names
-# ride on the app object itself: no registry outside the app, nothing to clean up.
-_APP_ATTRIBUTE = "_dmedian_batch_topics"
-
-
-@dataclass(frozen=True, slots=True)
-class RawBatch:
-    """The records of one partition from one fetch, in offset order: an event's value."""
-
-    offsets: list[int]
-    """Source offset of each record (strictly increasing)."""
-    keys: list[bytes | None]
-    """Undecoded key of each record."""
-    values: list[bytes | None]
-    """Undecoded value of each record."""
-
-    def __len__(self) -> int:
-        return len(self.offsets)
-
-
-class RawBatchSchema(faust.Schema[bytes | None, RawBatch]):
-    """Schema of a batch-delivered topic: hands the :class:`RawBatch` over undecoded.
-
-    A plain record on such a topic means the app does not use :class:`BatchTransport`;
-    that raises TypeError (the worker crashes) rather than dropping data as a decode error.
-    """
-
-    def __init__(self) -> None:
-        # Raw codecs, so that sending plain bytes to the topic still works. A value type
-        # of its own keeps the conductor from sharing RawBatch events with a plain
-        # bytes channel on the same topic (it reuses events per (key, value) type).
-        super().__init__(
-            key_type=bytes,
-            value_type=RawBatch,  # type: ignore[arg-type]  # Faust's stubs list only models, bytes, str
-            key_serializer="raw",
-            value_serializer="raw",
-        )
-
-    # Faust's signatures, so the unused parameters stay.
-    def loads_key(self, app: AppT, message: Message, *, loads: Any = None, serializer: Any = None) -> bytes | None:  # noqa: ARG002
-        return message.key
-
-    def loads_value(self, app: AppT, message: Message, *, loads: Any = None, serializer: Any = None) -> RawBatch:  # noqa: ARG002
-        value: object = message.value  # typed bytes by Faust; a RawBatch here
-        if not isinstance(value, RawBatch):
-            raise TypeError(f"{message.topic}: expected a RawBatch (is the broker URL {SCHEME}://?), got {value!r:.60}")
-        return value
-
-
-def deliver_in_batches(app: AppT, topics: Iterable[str]) -> None:
-    """Declare ``topics`` batch-delivered for ``app`` (adds to any declared before)."""
-    setattr(app, _APP_ATTRIBUTE, batch_topics(app) | frozenset(topics))
-
-
-def batch_topics(app: AppT) -> frozenset[str]:
-    """The topic names ``app`` declared batch-delivered."""
-    topics: frozenset[str] = getattr(app, _APP_ATTRIBUTE, frozenset())
-    return topics
-
-
-def batch_topic(app: AppT, name: str, **options: Any) -> TopicT:
-    """Declare ``name`` batch-delivered and return its topic (``options`` go to ``app.topic``)."""
-    deliver_in_batches(app, [name])
-    return app.topic(name, schema=RawBatchSchema(), **options)
-
 
 _OFFSET, _KEY, _VALUE = attrgetter("offset"), attrgetter("key"), attrgetter("value")
 _RecordMap = Mapping[TP, list[Any]]  # Faust's RecordMap: records of a fetch per partition
@@ -350,13 +277,33 @@ class BatchConsumer(aiokafka_driver.Consumer):
 
     async def seek_to_committed(self) -> Mapping[TP, int]:
         async with self._seeking():
-            committed = await super().seek_to_committed()
+            committed = self._resume_where_state_says(await super().seek_to_committed())
             # aiokafka moves only partitions with a committed offset above 0.
             self._moved({tp: offset for tp, offset in committed.items() if offset and offset > 0})
             # Faust follows perform_seek with app.flow_control.resume(), which empties the
             # streams' queues, then resume_flow(): hold batches until then, or they are lost.
             self._hold_until_resume = True
         return committed
+
+    def _resume_where_state_says(self, committed: Mapping[TP, int]) -> dict[TP, int]:
+        # The app's state, not the group's commit, says what was applied: a commit can
+        # run ahead of a changelog write that never landed (a stop or a rebalance
+        # between the two), and reading on from the commit would lose those records.
+        positions = dict(committed)
+        resume = resume_offsets(self.app)
+        if resume is None:
+            return positions
+        topics = batch_topics(self.app)
+        for tp in self.assignment():
+            offset = resume(tp) if tp.topic in topics else None
+            if offset is None or offset == committed.get(tp):
+                continue
+            behind = committed.get(tp) is not None and offset < committed[tp]
+            log = logger.warning if behind else logger.info
+            log("%s: resuming at offset %d from the stored state (committed: %s)", tp, offset, committed.get(tp))
+            self._thread.seek(tp, offset)
+            positions[tp] = offset
+        return positions
 
     def resume_flow(self) -> None:
         self._hold_until_resume = False

@@ -58,3 +58,27 @@ def test_after_an_emission_the_next_change_waits_for_the_interval() -> None:
 def test_interval_rule_is_frozen() -> None:
     with pytest.raises(FrozenInstanceError):
         RULE.interval_ms = 5  # type: ignore[misc]
+
+
+def test_observe_records_count_version_and_when_they_last_changed() -> None:
+    state = EmissionState()
+    state.observe(10, 3, now_ms=NOW)
+    state.observe(10, 3, now_ms=NOW + 500)  # nothing new: the change time stays
+    assert (state.n, state.version, state.last_change_ms) == (10, 3, NOW)
+    state.observe(12, 4, now_ms=NOW + 600)
+    assert (state.n, state.version, state.last_change_ms) == (12, 4, NOW + 600)
+
+
+def test_mark_emitted_and_heartbeat_record_what_was_sent() -> None:
+    state = EmissionState()
+    state.observe(7, 2, now_ms=NOW)
+    assert state.emitted_n == -1  # a new shard has sent nothing yet
+    state.mark_emitted(NOW + 1)
+    assert (state.emitted_n, state.emitted_version, state.last_emit_ms, state.last_signal_ms) == (
+        7,
+        2,
+        NOW + 1,
+        NOW + 1,
+    )
+    state.mark_heartbeat(NOW + 9)
+    assert (state.last_emit_ms, state.last_signal_ms) == (NOW + 1, NOW + 9)

@@ -181,3 +181,57 @@ def test_settings_refuse_unknown_fields_in_a_config_file(tmp_path: Path) -> None
     path = tmp_path / "extra.toml"
     path.write_text("sketch_kk = 300\n")
     assert "sketch_kk" in config_error(DMEDIAN_CONFIG=str(path))
+
+
+# --- emission ---------------------------------------------------------------------------------
+
+
+def test_emission_defaults_come_from_the_default_file() -> None:
+    settings = load()
+    with DEFAULT_FILE.open("rb") as handle:
+        defaults = tomllib.load(handle)
+    assert settings.emission_rule == defaults["emission_rule"] == "budget"
+    assert settings.error_budget == defaults["error_budget"] == 0.005
+    assert settings.heartbeat_ms == defaults["heartbeat_ms"] == 10_000
+    assert settings.geometric_growth == defaults["geometric_growth"] == 2.0
+
+
+@pytest.mark.parametrize(
+    ("name", "raw", "field", "value"),
+    [
+        ("DMEDIAN_EMISSION_RULE", "interval", "emission_rule", "interval"),
+        ("DMEDIAN_EMISSION_RULE", "geometric", "emission_rule", "geometric"),
+        ("DMEDIAN_ERROR_BUDGET", "0.01", "error_budget", 0.01),
+        ("DMEDIAN_ERROR_BUDGET", "0.5", "error_budget", 0.5),
+        ("DMEDIAN_HEARTBEAT_MS", "2500", "heartbeat_ms", 2500),
+        ("DMEDIAN_GEOMETRIC_GROWTH", "1.5", "geometric_growth", 1.5),
+    ],
+)
+def test_emission_settings_come_from_the_environment(name: str, raw: str, field: str, value: object) -> None:
+    assert getattr(load(**{name: raw}), field) == value
+
+
+@pytest.mark.parametrize(
+    ("name", "raw", "setting", "why"),
+    [
+        ("DMEDIAN_EMISSION_RULE", "sometimes", "emission_rule", "'budget', 'interval' or 'geometric'"),
+        ("DMEDIAN_ERROR_BUDGET", "0", "error_budget", "greater than 0"),
+        ("DMEDIAN_ERROR_BUDGET", "-0.01", "error_budget", "greater than 0"),
+        ("DMEDIAN_ERROR_BUDGET", "0.6", "error_budget", "less than or equal to 0.5"),
+        ("DMEDIAN_ERROR_BUDGET", "half", "error_budget", "valid number"),
+        ("DMEDIAN_HEARTBEAT_MS", "0", "heartbeat_ms", "greater than or equal to 1"),
+        ("DMEDIAN_GEOMETRIC_GROWTH", "1", "geometric_growth", "greater than 1"),
+        ("DMEDIAN_GEOMETRIC_GROWTH", "0.5", "geometric_growth", "greater than 1"),
+    ],
+)
+def test_invalid_emission_setting_names_setting_and_reason(name: str, raw: str, setting: str, why: str) -> None:
+    message = config_error(**{name: raw})
+    assert f"{setting} ({name}) = {raw!r}" in message
+    assert why in message
+
+
+def test_heartbeat_shorter_than_the_publish_interval_names_both_settings() -> None:
+    message = config_error(DMEDIAN_HEARTBEAT_MS="100", DMEDIAN_PUBLISH_INTERVAL_MS="200")
+    assert "DMEDIAN_HEARTBEAT_MS=100" in message
+    assert "DMEDIAN_PUBLISH_INTERVAL_MS=200" in message
+    assert load(DMEDIAN_HEARTBEAT_MS="200", DMEDIAN_PUBLISH_INTERVAL_MS="200").heartbeat_ms == 200

@@ -16,12 +16,16 @@ from pipeline.core.envelope import pack_envelope, unpack_envelope
 from pipeline.core.sketch import QuantileBand, ShardState
 from pipeline.core.wire import (
     MEDIAN_RECORD_VERSION,
+    PROGRESS_VERSION,
     SNAPSHOT_VERSION,
     DeadLetter,
     MedianRecord,
     QuantileEstimate,
+    ShardProgress,
     SketchSnapshot,
     SnapshotError,
+    parse_sketches_value,
+    progress_key,
     quantile_key,
 )
 
@@ -64,6 +68,21 @@ def test_snapshot_round_trips_through_bytes() -> None:
     restored = SketchSnapshot.from_bytes(DATA)
     assert restored == SNAPSHOT
     assert restored.to_bytes() == DATA
+
+
+def test_an_urgent_snapshot_says_so_in_14_header_bytes_and_others_not_at_all() -> None:
+    urgent = dataclasses.replace(SNAPSHOT, urgent=True)
+    data = urgent.to_bytes()
+    assert unpack_envelope(data, MAGIC, SNAPSHOT_VERSION).header == {**HEADER, "urgent": True}
+    assert "urgent" not in HEADER
+    assert len(data) - len(DATA) == len(',"urgent":true') == 14
+    assert SketchSnapshot.from_bytes(data) == urgent
+
+
+@pytest.mark.parametrize("bad", [1, "yes", None])
+def test_an_urgent_flag_that_is_not_a_boolean_is_bad_header(bad: object) -> None:
+    data = pack_envelope(MAGIC, SNAPSHOT_VERSION, {**HEADER, "urgent": bad}, SNAPSHOT.sketch_bytes)
+    assert rejected_reason(data) == "bad_header"
 
 
 def test_snapshot_of_an_empty_state_round_trips_with_nan_statistics() -> None:
@@ -174,6 +193,63 @@ def test_header_with_a_negative_id_count_or_offset_is_bad_header(field: str, val
     assert rejected_reason(data) == "bad_header"
 
 
+# --- ShardProgress (heartbeats on ``sketches``) --------------------------------------------------
+
+PROGRESS = ShardProgress(shard=3, n=1_000_000, ingested=1_250_000, last_offset=98_765, ts=1_700_000_000_000)
+
+
+def test_progress_round_trips_and_states_what_is_pending() -> None:
+    data = PROGRESS.to_bytes()
+    assert ShardProgress.from_bytes(data) == PROGRESS
+    assert parse_sketches_value(data) == PROGRESS
+    assert PROGRESS.pending == 250_000
+    assert progress_key(3) == b"3.progress" != str(PROGRESS.shard).encode()
+
+
+def test_progress_is_a_header_only_envelope_of_about_a_hundred_bytes() -> None:
+    data = PROGRESS.to_bytes()
+    envelope = unpack_envelope(data, MAGIC, SNAPSHOT_VERSION)
+    assert envelope.payload == b""
+    assert envelope.header == {
+        "shard": 3,
+        "progress": {"v": PROGRESS_VERSION, "n": 1_000_000, "ingested": 1_250_000, "last_offset": 98_765,
+                     "ts": 1_700_000_000_000},
+    }  # fmt: skip
+    assert len(data) <= 110 < len(DATA) // 10
+
+
+def test_a_snapshot_reader_refuses_a_progress_message_by_name() -> None:
+    assert rejected_reason(PROGRESS.to_bytes()) == "not_a_snapshot"
+
+
+def test_parse_sketches_value_reads_snapshots_too() -> None:
+    assert parse_sketches_value(DATA) == SNAPSHOT
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"v": PROGRESS_VERSION + 1}, "unsupported_version"),
+        ({"ingested": 999_999}, "bad_header"),  # fewer ingested than reflected
+        ({"n": -1}, "bad_header"),
+        ({"ts": "now"}, "bad_header"),
+        ({"ingested": None}, "bad_header"),
+    ],
+)
+def test_progress_with_a_bad_field_is_refused(change: dict[str, object], reason: str) -> None:
+    header = unpack_envelope(PROGRESS.to_bytes(), MAGIC, SNAPSHOT_VERSION).header
+    header["progress"] = {**header["progress"], **change}
+    with pytest.raises(SnapshotError) as caught:
+        parse_sketches_value(pack_envelope(MAGIC, SNAPSHOT_VERSION, header, b""))
+    assert caught.value.reason == reason
+
+
+def test_progress_with_a_payload_is_refused() -> None:
+    header = unpack_envelope(PROGRESS.to_bytes(), MAGIC, SNAPSHOT_VERSION).header
+    with pytest.raises(SnapshotError, match="no payload"):
+        ShardProgress.from_bytes(pack_envelope(MAGIC, SNAPSHOT_VERSION, header, SNAPSHOT.sketch_bytes))
+
+
 # --- MedianRecord -----------------------------------------------------------------------------
 
 RECORD = MedianRecord(
@@ -182,12 +258,15 @@ RECORD = MedianRecord(
     median=QuantileBand(10.0, 9.5, 10.5),
     rank_error=0.0133,
     quantiles=(
-        QuantileEstimate(0.5, QuantileBand(10.0, 9.5, 10.5)),
-        QuantileEstimate(0.9, QuantileBand(20.0, 19.0, 21.0)),
-        QuantileEstimate(0.99, QuantileBand(30.0, 29.0, 31.0)),
+        QuantileEstimate(0.5, QuantileBand(10.0, 9.5, 10.5), 0.0183),
+        QuantileEstimate(0.9, QuantileBand(20.0, 19.0, 21.0), 0.0183),
+        QuantileEstimate(0.99, QuantileBand(30.0, 29.0, 31.0), 0.0183),
     ),
     ts=1_700_000_000_123,
     rejected=17,
+    theta=0.005,
+    pending=4_321,
+    stale_shards=1,
 )
 
 
@@ -201,18 +280,43 @@ def test_median_record_json_has_exactly_the_documented_keys() -> None:
         "lower": 9.5,
         "upper": 10.5,
         "rank_error": 0.0133,
+        "theta": 0.005,
         "quantiles": {
-            "0.5": {"value": 10.0, "lower": 9.5, "upper": 10.5},
-            "0.9": {"value": 20.0, "lower": 19.0, "upper": 21.0},
-            "0.99": {"value": 30.0, "lower": 29.0, "upper": 31.0},
+            "0.5": {"value": 10.0, "lower": 9.5, "upper": 10.5, "rank_bound": 0.0183},
+            "0.9": {"value": 20.0, "lower": 19.0, "upper": 21.0, "rank_bound": 0.0183},
+            "0.99": {"value": 30.0, "lower": 29.0, "upper": 31.0, "rank_bound": 0.0183},
         },
+        "pending": 4_321,
+        "stale_shards": 1,
         "rejected": 17,
         "ts": 1_700_000_000_123,
     }
+    assert MEDIAN_RECORD_VERSION == 2
 
 
 def test_median_record_round_trips_through_json() -> None:
     assert MedianRecord.from_json(RECORD.to_json()) == RECORD
+
+
+def test_median_record_without_a_budget_states_the_sketch_error_as_its_bound() -> None:
+    plain = dataclasses.replace(RECORD, theta=None, quantiles=(QuantileEstimate(0.9, QuantileBand(2.0, 1.0, 3.0)),))
+    body = orjson.loads(plain.to_json())
+    assert body["theta"] is None
+    assert body["quantiles"]["0.9"]["rank_bound"] == plain.rank_bound == 0.0133
+    restored = MedianRecord.from_json(plain.to_json())
+    assert (restored.theta, restored.quantiles[0].rank_bound) == (None, 0.0133)
+
+
+def test_a_version_1_record_is_still_read_with_its_rank_error_as_bound() -> None:
+    v1 = {
+        "v": 1, "n": 10, "shards": 2, "median": 1.0, "lower": 0.5, "upper": 1.5, "rank_error": 0.0133,
+        "quantiles": {"0.5": {"value": 1.0, "lower": 0.5, "upper": 1.5}}, "rejected": 3, "ts": 7,
+    }  # fmt: skip
+    record = MedianRecord.from_json(orjson.dumps(v1))
+    assert (record.n, record.shards, record.rejected, record.ts) == (10, 2, 3, 7)
+    assert (record.theta, record.pending, record.stale_shards) == (None, 0, 0)
+    assert record.quantiles == (QuantileEstimate(0.5, QuantileBand(1.0, 0.5, 1.5), 0.0133),)
+    assert record.rank_bound == 0.0133
 
 
 def test_median_record_of_nothing_serializes_nan_as_null_and_back() -> None:
@@ -222,7 +326,7 @@ def test_median_record_of_nothing_serializes_nan_as_null_and_back() -> None:
     )
     body = orjson.loads(record.to_json())
     assert (body["median"], body["lower"], body["upper"]) == (None, None, None)
-    assert body["quantiles"] == {"0.9": {"value": None, "lower": None, "upper": None}}
+    assert body["quantiles"] == {"0.9": {"value": None, "lower": None, "upper": None, "rank_bound": 0.01}}
     restored = MedianRecord.from_json(record.to_json())
     assert (restored.n, restored.shards, restored.rejected, restored.ts) == (0, 0, 0, 1)
     assert math.isnan(restored.median.value)
@@ -230,7 +334,7 @@ def test_median_record_of_nothing_serializes_nan_as_null_and_back() -> None:
     assert math.isnan(restored.quantiles[0].band.upper)
 
 
-@pytest.mark.parametrize("version", [0, 2, None, "1"])
+@pytest.mark.parametrize("version", [0, 3, None, "1", True])
 def test_median_record_of_an_unknown_version_is_refused(version: object) -> None:
     body = orjson.loads(RECORD.to_json())
     body["v"] = version

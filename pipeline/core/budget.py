@@ -1,0 +1,273 @@
+"""The error budget a shard spends before it must send a snapshot.
+
+The aggregator serves, for each tracked quantile q, a value x_q whose rank in the
+numbers its snapshots reflect (N of them) is within the sketch's error eps of q.
+A shard's numbers that arrived since its last snapshot (U of them, B of which are
+at or below x_q) are not reflected. Over all numbers, the true rank of x_q is off
+from q by at most::
+
+    (|R - qN| + sum_i |B_i - q U_i|) / (N + sum_i U_i)  <=  eps + theta
+
+provided every shard keeps ``|B_i - q U_i| <= theta * (N / S + U_i)`` (S at least
+the number of shards). Each shard checks that after every batch, for the values
+of the latest record it has seen, and sends a snapshot (resetting U_i to 0)
+before it would break. The ``+ theta * U_i`` term is allowed because the
+denominator grows with the unsent numbers too; it is what lets a stationary
+shard stay silent for long stretches (its B_i - q U_i is a zero-mean random walk,
+which does not keep up with a budget that grows linearly in U_i).
+
+The served value changes with every record, so a count against one fixed value
+is not enough: when a newer record moves x_q, the shard must know how many of
+its unsent numbers lie at or below the *new* value without having kept them. So
+the tracker counts its unsent numbers at or below a grid of values, fixed at
+each snapshot around the tracked quantiles (fine cells of ``theta/8`` of the
+shard's own rank near each x_q, coarse cells elsewhere). For any later value x
+between two grid points g < x <= g', the count is known to lie between the counts
+at g and g', which is all the check needs: it bounds ``|B_i(x) - q U_i|`` from
+both sides. A value outside the grid, or a shard with no grid yet, gives the
+trivial bounds 0 and U_i, so the shard sends a snapshot unless U_i is tiny.
+
+This module holds the pure parts: :class:`GlobalView` (what a shard knows of the
+latest record), :class:`BudgetTracker` (the counts, one numpy pass per batch) and
+:class:`ShardLiveness` (what the aggregator knows of the shards' progress messages).
+The rules that use them are in :mod:`pipeline.core.emission`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+
+import datasketches
+import numpy as np
+import numpy.typing as npt
+
+from pipeline.core.wire import MedianRecord, ShardProgress, SketchSnapshot
+
+__all__ = ["BudgetTracker", "GlobalView", "GridOptions", "ShardLiveness"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class GlobalView:
+    """What a shard takes from the latest ``medians`` record: the values it must vouch for."""
+
+    quantiles: tuple[float, ...]
+    """The tracked ranks, ascending (every quantile of the record, and 0.5 for the median)."""
+    values: tuple[float, ...]
+    """The served value of each tracked rank, aligned with ``quantiles``."""
+    n: int
+    """The record's ``n``: numbers reflected in the merged sketch."""
+    shards: int
+    """The record's ``shards``: shards with a snapshot in the estimate."""
+    theta: float | None
+    """The record's error budget (None: the aggregator states none)."""
+    ts: int
+    """The record's publication time, epoch milliseconds."""
+
+    @classmethod
+    def from_record(cls, record: MedianRecord) -> GlobalView | None:
+        """The view of ``record``; None when it serves no value yet (an empty estimate)."""
+        served = {estimate.q: estimate.band.value for estimate in record.quantiles}
+        served.setdefault(0.5, record.median.value)
+        pairs = sorted((q, x) for q, x in served.items() if not math.isnan(x))
+        if record.n <= 0 or not pairs:
+            return None
+        return cls(
+            tuple(q for q, _ in pairs), tuple(x for _, x in pairs), record.n, record.shards, record.theta, record.ts
+        )
+
+
+@dataclass(frozen=True)
+class GridOptions:
+    """Where the tracker counts. More points: tighter bounds, a little more work per number."""
+
+    cell_fraction: float = 0.125
+    """Width of a fine cell, as a fraction of theta, in the shard's own ranks. The count inside one
+    cell is the check's uncertainty, so it must stay well below the ``theta * U`` part of the budget."""
+    fine_span: float = 0.03
+    """How far (in the shard's own ranks) the fine cells reach on each side of a tracked value:
+    how far a later record may move x_q before the shard loses precision."""
+    coarse_cells: int = 100
+    """Cells of equal rank over the whole shard, so a value that left the fine zone still has bounds."""
+    max_fine_points: int = 512
+    """Cap on fine points per tracked value (a tiny theta would ask for very many)."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.cell_fraction <= 1.0:
+            raise ValueError(f"cell_fraction must be in (0, 1], got {self.cell_fraction}")
+        if not 0.0 <= self.fine_span <= 1.0 or self.coarse_cells < 1 or self.max_fine_points < 1:
+            raise ValueError("fine_span must be in [0, 1], coarse_cells and max_fine_points at least 1")
+
+
+def _grid_around(
+    view: GlobalView | None,
+    expected: tuple[float, ...],
+    sketch: datasketches.kll_doubles_sketch | None,
+    theta: float,
+    options: GridOptions,
+) -> npt.NDArray[np.float64]:
+    """Grid points: the tracked values, and the shard's own quantiles around them and across its range.
+
+    Before any record, the shard centres the fine cells on its own quantiles at the
+    ``expected`` ranks: with similar shards the first record's values fall among them.
+    """
+    parts = [np.asarray(view.values if view is not None else (), dtype=np.float64)]
+    if sketch is not None and not sketch.is_empty():
+        step = theta * options.cell_fraction
+        half = min(math.ceil(options.fine_span / step), options.max_fine_points // 2)
+        offsets = step * np.arange(-half, half + 1)
+        centres = [float(sketch.get_rank(x, True)) for x in view.values] if view is not None else list(expected)
+        ranks = np.concatenate([np.clip(centre + offsets, 0.0, 1.0) for centre in centres])
+        ranks = np.concatenate([ranks, np.linspace(0.0, 1.0, options.coarse_cells + 1)])
+        parts.append(np.asarray(sketch.get_quantiles(np.unique(ranks).tolist(), True), dtype=np.float64))
+    grid = np.unique(np.concatenate(parts))
+    return grid[~np.isnan(grid)]
+
+
+@dataclass
+class BudgetTracker:
+    """One shard's unsent numbers, counted at or below a grid fixed at its last snapshot."""
+
+    theta: float
+    """The shard's error budget (the record's, if smaller, is used instead)."""
+    shards_hint: int = 1
+    """A lower bound on the number of shards (the input topic's partitions): the budget is split
+    over at least this many, so a record that does not count every shard yet cannot over-spend it."""
+    expected: tuple[float, ...] = (0.5,)
+    """The ranks the records will serve (the configured quantiles): where to count before any record."""
+    options: GridOptions = field(default_factory=GridOptions)
+    """Where to count."""
+    unsent: int = 0
+    """Numbers observed since the last snapshot (U)."""
+    view: GlobalView | None = None
+    """The latest record seen (None: no record yet)."""
+    grid: npt.NDArray[np.float64] = field(default_factory=lambda: np.empty(0))
+    """Sorted grid values, fixed at the last snapshot (empty: no bounds better than 0 and U)."""
+    at_or_below: npt.NDArray[np.int64] = field(default_factory=lambda: np.empty(0, dtype=np.int64))
+    """Unsent numbers at or below each grid value."""
+    answered: bool = False
+    """Whether a snapshot went out since :attr:`view` arrived. Then no record the shard knows
+    reflects it yet, and another snapshot would not change what the latest record covers:
+    the shard waits for the next record (and checks against it) instead of sending again."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.theta < 1.0:
+            raise ValueError(f"theta must be in (0, 1), got {self.theta}")
+        if self.shards_hint < 1:
+            raise ValueError(f"shards_hint must be at least 1, got {self.shards_hint}")
+        if not all(0.0 <= q <= 1.0 for q in self.expected):
+            raise ValueError(f"expected ranks must be in [0, 1], got {self.expected}")
+
+    def see(self, view: GlobalView | None) -> None:
+        """Take a newer record's values; the grid stays (it must describe the unsent numbers)."""
+        if view is not None and view != self.view:
+            self.view = view
+            self.answered = False
+
+    def anchor(self, sketch: datasketches.kll_doubles_sketch | None) -> None:
+        """A snapshot was sent: nothing is unsent any more; lay a new grid around the latest values."""
+        self.unsent = 0
+        self.answered = self.view is not None
+        self.grid = _grid_around(self.view, self.expected, sketch, self.effective_theta, self.options)
+        self.at_or_below = np.zeros(self.grid.size, dtype=np.int64)
+
+    def observe(self, values: npt.NDArray[np.float64]) -> None:
+        """Count one batch of accepted numbers (one searchsorted and one bincount, no Python per number)."""
+        if values.size == 0:
+            return
+        self.unsent += int(values.size)
+        if self.grid.size:
+            # slot j = first grid index with grid[j] >= v, so v <= grid[i] exactly for i >= slot.
+            slots = np.searchsorted(self.grid, values, side="left")
+            self.at_or_below += np.cumsum(np.bincount(slots, minlength=self.grid.size + 1)[:-1])
+
+    def bounds(self, x: float) -> tuple[int, int]:
+        """Bounds on the unsent numbers below ``x`` and at or below ``x``: (low, high)."""
+        slot = int(np.searchsorted(self.grid, x, side="left"))
+        # Numbers <= grid[slot - 1] < x are below x; numbers <= x are <= grid[slot] >= x.
+        low = int(self.at_or_below[slot - 1]) if slot > 0 else 0
+        high = int(self.at_or_below[slot]) if slot < self.grid.size else self.unsent
+        return low, high
+
+    @property
+    def effective_theta(self) -> float:
+        """The smaller of the shard's and the record's budget."""
+        theta = self.view.theta if self.view is not None else None
+        return self.theta if theta is None else min(self.theta, theta)
+
+    def allowance(self) -> float:
+        """How far ``B - qU`` may go for the latest record: theta * (N / S + U)."""
+        if self.view is None:
+            return 0.0
+        shards = max(self.view.shards, self.shards_hint, 1)
+        return self.effective_theta * (self.view.n / shards + self.unsent)
+
+    def deviation(self, q: float, x: float) -> float:
+        """The largest ``|B - qU|`` the unsent numbers may have at value ``x`` (from the grid's bounds)."""
+        low, high = self.bounds(x)
+        expected = q * self.unsent
+        return max(high - expected, expected - low, 0.0)
+
+    def worst_deviation(self) -> float:
+        """The largest :meth:`deviation` over the latest record's tracked values."""
+        if self.view is None or self.unsent == 0:
+            return 0.0
+        return max(self.deviation(q, x) for q, x in zip(self.view.quantiles, self.view.values, strict=True))
+
+    def over_budget(self) -> bool:
+        """Whether the unsent numbers may have moved a tracked quantile by more than this shard's share
+        (and a snapshot would help: none went out since the latest record arrived)."""
+        return self.view is not None and not self.answered and self.worst_deviation() > self.allowance()
+
+
+@dataclass
+class _ShardSeen:
+    """The aggregator's notes on one shard."""
+
+    reflected_n: int = 0
+    reflected_offset: int = -1
+    ingested: int = 0
+    ingested_offset: int = -1
+    last_seen_ms: int = 0
+
+
+class ShardLiveness:
+    """The aggregator's view of the shards' progress: numbers not yet reflected, and silent shards.
+
+    Fed with every snapshot and progress message read from ``sketches``. A shard
+    sends at least one of them every heartbeat, so a shard silent for longer is stale.
+    """
+
+    def __init__(self) -> None:
+        self._shards: dict[int, _ShardSeen] = {}
+
+    def note_snapshot(self, snapshot: SketchSnapshot) -> None:
+        """A snapshot reflects everything its shard ingested up to its offset."""
+        seen = self._shards.setdefault(snapshot.shard, _ShardSeen())
+        if snapshot.last_offset >= seen.reflected_offset:
+            seen.reflected_n, seen.reflected_offset = snapshot.n, snapshot.last_offset
+        if snapshot.last_offset >= seen.ingested_offset:
+            seen.ingested, seen.ingested_offset = snapshot.n, snapshot.last_offset
+        seen.last_seen_ms = max(seen.last_seen_ms, snapshot.ts)
+
+    def note_progress(self, progress: ShardProgress) -> None:
+        """A heartbeat: how far the shard has ingested, beyond its last snapshot."""
+        seen = self._shards.setdefault(progress.shard, _ShardSeen())
+        if progress.last_offset >= seen.ingested_offset:
+            seen.ingested, seen.ingested_offset = progress.ingested, progress.last_offset
+        seen.last_seen_ms = max(seen.last_seen_ms, progress.ts)
+
+    def forget(self, shard: int) -> None:
+        """Drop a retired shard."""
+        self._shards.pop(shard, None)
+
+    def pending(self) -> int:
+        """Numbers the shards reported ingesting that no snapshot held reflects yet."""
+        return sum(max(seen.ingested - seen.reflected_n, 0) for seen in self._shards.values())
+
+    def stale(self, now_ms: int, max_age_ms: int) -> list[int]:
+        """Shards not heard from (snapshot or heartbeat) for longer than ``max_age_ms``, by id."""
+        return sorted(shard for shard, seen in self._shards.items() if now_ms - seen.last_seen_ms > max_age_ms)
