@@ -38,7 +38,7 @@ from confluent_kafka import OFFSET_BEGINNING, TopicPartition  # noqa: E402
 
 from config import Settings, load_settings  # noqa: E402
 from pipeline.core.exact import check_rank  # noqa: E402
-from pipeline.core.wire import SketchSnapshot  # noqa: E402
+from pipeline.core.wire import SketchSnapshot, parse_sketches_value  # noqa: E402
 from pipeline.kafka.clients import admin_client, consumer, producer  # noqa: E402
 from pipeline.kafka.follow import wait_for_record  # noqa: E402
 from pipeline.kafka.generate import Distribution, MessageFormat, encode_messages, generate  # noqa: E402
@@ -67,7 +67,9 @@ def ingest_timeline(settings: Settings) -> list[tuple[int, int]]:
             message = client.poll(1.0)
             if message is None or message.error() or message.value() is None:
                 continue
-            snapshot = SketchSnapshot.from_bytes(message.value())
+            snapshot = parse_sketches_value(message.value())
+            if not isinstance(snapshot, SketchSnapshot):
+                continue  # a heartbeat: no numbers in it
             latest[snapshot.shard] = max(latest.get(snapshot.shard, 0), snapshot.n)
             timeline.append((snapshot.ts, sum(latest.values())))
             if message.offset() >= end - 1:

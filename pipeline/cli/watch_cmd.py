@@ -31,6 +31,12 @@ def record_table(record: MedianRecord, rate: float | None = None) -> Table:
     title = f"n={record.n:,}  shards={record.shards}  rank error=±{record.rank_error:.4%}  at {when} UTC"
     if rate is not None:
         title += f"  ingest {rate:,.0f}/s"
+    if record.theta is not None:
+        title += f" + budget ±{record.theta:.2%}"
+    if record.pending:
+        title += f"  pending={record.pending:,}"
+    if record.stale_shards:
+        title += f"  stale shards={record.stale_shards}"
     if record.rejected:
         title += f"  rejected={record.rejected:,}"
     table = Table("quantile", "value", "lower", "upper", title=title)

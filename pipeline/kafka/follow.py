@@ -115,7 +115,9 @@ def latest_snapshots(settings: Settings, timeout_s: float = 30.0) -> dict[int, S
                 continue
             value = message.value()
             if value is None:
-                latest.pop(int(message.key() or b"-1"), None)
+                key = message.key() or b""
+                if key.isdigit():  # a retired shard (not a heartbeat's key, nor a stray one)
+                    latest.pop(int(key), None)
             else:
                 try:
                     snapshot = SketchSnapshot.from_bytes(value)
