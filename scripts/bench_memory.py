@@ -63,12 +63,13 @@ def _lag(settings: Settings) -> int:
 class _Producer:
     """Produces the mixed stream flat out from a thread; counts the numbers it sent."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, rate: float) -> None:
         rng = np.random.default_rng(7)
         self._singles = [b"%r" % float(v) for v in rng.lognormal(size=10_000)]
         self._blocks = [encode_float64_block(rng.lognormal(size=BLOCK)) for _ in range(100)]
         self._client = producer(settings, linger_ms=20)
         self._topic = settings.topic_numbers
+        self._rate = rate
         self.numbers = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -83,7 +84,11 @@ class _Producer:
 
     def _run(self) -> None:
         i = 0
+        started = time.monotonic()
         while not self._stop.is_set():
+            ahead = i / self._rate - (time.monotonic() - started)
+            if ahead > 0.005:
+                time.sleep(ahead)
             for _ in range(SINGLES_PER_BLOCK):
                 self._send(self._singles[i % len(self._singles)])
                 i += 1
@@ -104,6 +109,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--every", type=float, default=30.0, help="seconds between samples")
+    parser.add_argument(
+        "--rate", type=float, default=100_000, help="single-number messages per second (plus 1/10 as many blocks)"
+    )
     args = parser.parse_args()
     with ExitStack() as stack:
         tmp, bootstrap = bench_environment(stack, "dmedian-memory-")
@@ -114,7 +122,7 @@ def main() -> None:
         worker = start_worker(env, (tmp / "worker.log").open("wb"))
         stack.callback(worker.wait, 60)
         stack.callback(worker.terminate)
-        stream = _Producer(settings)
+        stream = _Producer(settings, args.rate)
         stream.start()
         stack.callback(stream.stop)
         started = time.time()

@@ -65,13 +65,13 @@ def ingest_timeline(settings: Settings) -> list[tuple[int, int]]:
     try:
         while end:
             message = client.poll(1.0)
-            if message is None or message.error() or message.value() is None:
+            if message is None or message.error():
                 continue
-            snapshot = parse_sketches_value(message.value())
-            if not isinstance(snapshot, SketchSnapshot):
-                continue  # a heartbeat: no numbers in it
-            latest[snapshot.shard] = max(latest.get(snapshot.shard, 0), snapshot.n)
-            timeline.append((snapshot.ts, sum(latest.values())))
+            value = message.value()
+            snapshot = parse_sketches_value(value) if value is not None else None
+            if isinstance(snapshot, SketchSnapshot):  # not a heartbeat: no numbers in those
+                latest[snapshot.shard] = max(latest.get(snapshot.shard, 0), snapshot.n)
+                timeline.append((snapshot.ts, sum(latest.values())))
             if message.offset() >= end - 1:
                 break
     finally:

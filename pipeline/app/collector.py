@@ -18,6 +18,7 @@ reclaimed within a second and memory stays flat.
 
 from __future__ import annotations
 
+import atexit
 import gc
 import logging
 import time
@@ -58,6 +59,9 @@ class CollectorPolicy:
         gc.collect()
         gc.freeze()
         gc.disable()
+        # At exit, hand everything back to the collector: objects left frozen look
+        # leaked to native extensions (nanobind reports them on every shutdown).
+        atexit.register(_restore_automatic_collection)
         logger.info("garbage collection: scheduled every %.0f ms, %d objects frozen",
                     self._interval_s * 1000, gc.get_freeze_count())  # fmt: skip
 
@@ -71,3 +75,9 @@ class CollectorPolicy:
         self.longest_pass_ms = max(self.longest_pass_ms, took * 1000)
         if took > _SLOW_PASS_S:
             logger.warning("garbage collection (generation %d) took %.0f ms", generation, took * 1000)
+
+
+def _restore_automatic_collection() -> None:
+    gc.unfreeze()
+    gc.enable()
+    gc.collect()
