@@ -8,6 +8,7 @@ at most every ``publish_interval_ms``, whenever the estimate changed.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -65,6 +66,7 @@ class AggregatorService:
         self._hosted = False
         self._changes = 0
         self._urgent = False
+        self._send_lock = asyncio.Lock()
         self._liveness = ShardLiveness()
         # The record states theta only when the shards spend it (the budget rule).
         self._theta = settings.error_budget if settings.emission_rule == "budget" else None
@@ -161,9 +163,12 @@ class AggregatorService:
         self._urgent = False
         stale = self._liveness.stale(now_ms, 2 * self._settings.heartbeat_ms)
         record = estimator.record(now_ms, self._theta, self._liveness.pending(), len(stale))
-        await self._medians.send(key=MEDIAN_KEY, value=record.to_json())
+        # Marked before the send's await, so the timer and the agent never both send
+        # this state; the lock keeps records on the topic in the order they were made.
         self._output.mark_emitted(now_ms)
         self.last_record = record
+        async with self._send_lock:
+            await self._medians.send(key=MEDIAN_KEY, value=record.to_json())
 
     async def _on_assigned(self, _sender: AppT, assigned: set[TP], **_kwargs: Any) -> None:
         if any(tp.topic == self._settings.topic_sketches for tp in assigned):

@@ -8,6 +8,7 @@ sends the snapshots the rule held back, so the last change always goes out.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -72,6 +73,7 @@ class ShardService:
         self._rule = rule
         self._follower = follower
         self._records_seen = 0
+        self._send_lock = asyncio.Lock()
         self._codec = CodecOptions(settings.accept_infinity, settings.max_value_bytes)
         self._slots: dict[int, _Slot] = {}
         self._numbers_topic = settings.topic_numbers
@@ -183,18 +185,27 @@ class ShardService:
         state, emission = slot.state, slot.emission
         if state is None:
             return
+        # Each message is made and marked sent before the send's await: the agent and
+        # the flush timer run concurrently, and a state that changes during the await
+        # must stay unsent, not be marked sent. The lock keeps a shard's messages in order.
         if self._rule.should_emit(emission, now_ms):
-            payload = SketchSnapshot.from_state(state, now_ms, self._rule.urgent(emission)).to_bytes()
-            await self._sketches.send(key=shard_key(shard), value=payload)
+            key, payload = (
+                shard_key(shard),
+                SketchSnapshot.from_state(state, now_ms, self._rule.urgent(emission)).to_bytes(),
+            )
             emission.mark_emitted(now_ms, state.sketch)
             self.snapshots_sent += 1
             self.snapshot_bytes_sent += len(payload)
         elif self._rule.should_heartbeat(emission, now_ms):
             # Header only: "alive, ingested this far"; silence then means a dead shard.
             progress = ShardProgress(shard, max(emission.emitted_n, 0), state.n, state.last_offset, now_ms)
-            await self._sketches.send(key=progress_key(shard), value=progress.to_bytes())
+            key, payload = progress_key(shard), progress.to_bytes()
             emission.mark_heartbeat(now_ms)
             self.heartbeats_sent += 1
+        else:
+            return
+        async with self._send_lock:
+            await self._sketches.send(key=key, value=payload)
 
     async def _flush(self) -> None:
         if self._app.rebalancing or getattr(self._app, "in_recovery", False):

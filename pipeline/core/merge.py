@@ -78,10 +78,12 @@ class GlobalEstimator:
 
         Snapshots of one shard can arrive out of order after a rebalance (the old
         owner's last snapshot may land after the new owner's first). A shard's
-        offset only grows, so the higher ``last_offset`` is the newer state.
+        offset only grows, so the higher ``last_offset`` is the newer state. A
+        snapshot of the state already held is not taken either: re-merging the same
+        sketches would only publish a record that differs by the merge's randomness.
         """
         held = self._shards.get(snapshot.shard)
-        if held is not None and (snapshot.last_offset, snapshot.n) < (held.snapshot.last_offset, held.snapshot.n):
+        if held is not None and (snapshot.last_offset, snapshot.n) <= (held.snapshot.last_offset, held.snapshot.n):
             logger.debug("dropping stale snapshot of shard %d at offset %d", snapshot.shard, snapshot.last_offset)
             return False
         self._shards[snapshot.shard] = ShardView(snapshot)
