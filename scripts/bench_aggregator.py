@@ -39,7 +39,6 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from config import load_settings  # noqa: E402
 from pipeline.core.merge import GlobalEstimator  # noqa: E402
 from pipeline.core.merge_tree import MergeTreeOptions  # noqa: E402
 from pipeline.core.sketch import ShardState  # noqa: E402
@@ -153,13 +152,11 @@ def run_shards(
 
 
 def through_kafka(args: argparse.Namespace) -> None:  # noqa: PLR0915
-    from bench_pipeline import bench_environment, start_worker, worker_env  # noqa: PLC0415 (a sibling script, only for --kafka)
+    from bench_pipeline import bench_environment, deploy_worker, worker_env  # noqa: PLC0415 (a sibling script, only for --kafka)
     from confluent_kafka import Producer  # noqa: PLC0415
 
-    from pipeline.kafka.clients import admin_client, producer  # noqa: PLC0415
+    from pipeline.kafka.clients import producer  # noqa: PLC0415
     from pipeline.kafka.follow import follow_medians, wait_for_record  # noqa: PLC0415
-    from topics import topic_set  # noqa: PLC0415
-    from topics.admin import create_topics  # noqa: PLC0415
 
     shards = args.kafka_shards
     delta = 1000
@@ -173,11 +170,7 @@ def through_kafka(args: argparse.Namespace) -> None:  # noqa: PLR0915
         run = f"aggbench-{uuid.uuid4().hex[:8]}"
         env = worker_env(bootstrap, run, tmp, {"numbers_partitions": "1"}
                          | dict(item.split("=", 1) for item in args.set))  # fmt: skip
-        settings = load_settings(environ=env)
-        create_topics(admin_client(settings), topic_set(settings))
-        worker = start_worker(env, (tmp / "worker.log").open("wb"))
-        stack.callback(worker.wait, 60)
-        stack.callback(worker.terminate)
+        settings, worker = deploy_worker(stack, env, tmp / "worker.log")
         client = producer(settings, linger_ms=5)
         print(f"broker {bootstrap}; {shards:,} synthetic snapshots per wave, "
               f"{sum(map(len, wave1)) / 1e6:.1f} MB; worker pid {worker.pid}; settings {args.set}")  # fmt: skip

@@ -23,16 +23,13 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
-from bench_pipeline import bench_environment, start_worker, worker_env
+from bench_pipeline import bench_environment, deploy_worker, worker_env
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from config import load_settings  # noqa: E402
-from pipeline.kafka.clients import admin_client, producer  # noqa: E402
+from pipeline.kafka.clients import producer  # noqa: E402
 from pipeline.kafka.follow import follow_medians, wait_for_record  # noqa: E402
-from topics import topic_set  # noqa: E402
-from topics.admin import create_topics  # noqa: E402
 
 
 def main() -> None:  # noqa: PLR0915
@@ -47,11 +44,7 @@ def main() -> None:  # noqa: PLR0915
         run = f"latency-{uuid.uuid4().hex[:8]}"
         env = worker_env(bootstrap, run, tmp, {"numbers_partitions": str(args.partitions)}
                          | dict(item.split("=", 1) for item in args.set))  # fmt: skip
-        settings = load_settings(environ=env)
-        create_topics(admin_client(settings), topic_set(settings))
-        worker = start_worker(env, (tmp / "worker.log").open("wb"))
-        stack.callback(worker.wait, 60)
-        stack.callback(worker.terminate)
+        settings, worker = deploy_worker(stack, env, tmp / "worker.log")
         client = producer(settings, linger_ms=1)
         # Warm up: the worker is ready once one number comes out.
         client.produce(settings.topic_numbers, b"0")

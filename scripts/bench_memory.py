@@ -24,19 +24,17 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
-from bench_pipeline import bench_environment, start_worker, worker_env
+from bench_pipeline import bench_environment, deploy_worker, worker_env
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from confluent_kafka import TopicPartition  # noqa: E402
 
-from config import Settings, load_settings  # noqa: E402
+from config import Settings  # noqa: E402
 from pipeline.core.codec import encode_float64_block  # noqa: E402
-from pipeline.kafka.clients import admin_client, consumer, producer  # noqa: E402
+from pipeline.kafka.clients import consumer, producer  # noqa: E402
 from pipeline.kafka.follow import wait_for_record  # noqa: E402
-from topics import topic_set  # noqa: E402
-from topics.admin import create_topics  # noqa: E402
 
 BLOCK = 100  # numbers per float64 message
 SINGLES_PER_BLOCK = 10  # single-number messages per block message
@@ -117,11 +115,7 @@ def main() -> None:
         tmp, bootstrap = bench_environment(stack, "dmedian-memory-")
         run = f"memory-{uuid.uuid4().hex[:8]}"
         env = worker_env(bootstrap, run, tmp, {"numbers_retention_ms": "60000"})
-        settings = load_settings(environ=env)
-        create_topics(admin_client(settings), topic_set(settings))
-        worker = start_worker(env, (tmp / "worker.log").open("wb"))
-        stack.callback(worker.wait, 60)
-        stack.callback(worker.terminate)
+        settings, worker = deploy_worker(stack, env, tmp / "worker.log")
         stream = _Producer(settings, args.rate)
         stream.start()
         stack.callback(stream.stop)

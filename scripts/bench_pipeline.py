@@ -160,6 +160,16 @@ def start_worker(env: dict[str, str], log: IO[bytes]) -> subprocess.Popen[bytes]
                             stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
 
 
+def deploy_worker(stack: ExitStack, env: dict[str, str], log_path: Path) -> tuple[Settings, subprocess.Popen[bytes]]:
+    """Create the run's topics and start its worker; ``stack`` stops the worker."""
+    settings = load_settings(environ=env)
+    create_topics(admin_client(settings), topic_set(settings))
+    worker = start_worker(env, log_path.open("wb"))
+    stack.callback(worker.wait, 60)
+    stack.callback(worker.terminate)
+    return settings, worker
+
+
 def bench_environment(stack: ExitStack, prefix: str) -> tuple[Path, str]:
     """A temp dir, and ``KAFKA_BOOTSTRAP_SERVERS`` or else a local broker on free ports; both undone by ``stack``."""
     tmp = Path(tempfile.mkdtemp(prefix=prefix))
