@@ -111,7 +111,15 @@ def test_before_any_record_the_grid_surrounds_the_shards_own_quantiles() -> None
     tracker.anchor(state.sketch)
     local_median = state.sketch.get_quantile(0.5, True)
     nearest = np.sort(np.abs(tracker.grid - local_median))[:3]
-    assert nearest.max() < 0.01  # fine cells (theta/8 of the shard's ranks) around its own median
+    # Fine cells (theta/8 of the shard's ranks) around its own median. They fall on the
+    # items the sketch kept, which its random compaction picks, so compare with the
+    # same sketch's grid without them (coarse cells only) rather than a fixed width:
+    # over 300 runs the fine grid's third-nearest point lay at most 0.014 away, the
+    # coarse one's about 0.024.
+    coarse = BudgetTracker(0.01, expected=(0.9,))
+    coarse.anchor(state.sketch)
+    coarse_nearest = np.sort(np.abs(coarse.grid - local_median))[:3]
+    assert nearest.max() < 0.75 * coarse_nearest.max()
     tracker.see(view(served={0.5: local_median + 0.001}))
     tracker.observe(np.random.default_rng(5).normal(size=1000))
     low, high = tracker.bounds(local_median + 0.001)
