@@ -74,6 +74,7 @@ class Settings(BaseModel):
     accept_infinity: bool = False
     max_value_bytes: int = Field(default=8 * 1024 * 1024, ge=64)
 
+    session_timeout_ms: int = Field(default=10_000, ge=3_000, le=300_000)
     data_dir: Path = Path("var/dmedian")
     web_host: str = "127.0.0.1"
     web_port: int = Field(default=6066, ge=1, le=65535)

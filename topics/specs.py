@@ -1,9 +1,9 @@
 """The topics DistributedMedian uses, declared once.
 
-``numbers`` is the input: each partition is a shard. The two state changelogs
-belong to the Faust tables and are declared here too (see below). ``sketches`` is compacted
-and keyed by shard id, so it always holds the latest snapshot of every shard and
-rebuilds the aggregator on its own. ``medians`` has one partition so that
+``numbers`` is the input: each partition is a shard. The shard state table's
+changelog is declared here too (see below). ``sketches`` is compacted and keyed
+by shard id, so it always holds the latest snapshot of every shard: it is the
+aggregator's changelog, and rebuilds the aggregator on its own. ``medians`` has one partition so that
 estimates are totally ordered. ``dead-letters`` keeps rejected input with its
 reason. Partition counts of ``sketches`` and ``medians`` are fixed at 1: one
 aggregator reads every snapshot, and snapshots are few and small.
@@ -18,7 +18,7 @@ from types import MappingProxyType
 
 from config import Settings
 
-__all__ = ["AGGREGATOR_TABLE", "SHARD_TABLE", "TopicSet", "TopicSpec", "changelog_topic", "topic_set"]
+__all__ = ["SHARD_TABLE", "TopicSet", "TopicSpec", "changelog_topic", "topic_set"]
 
 logger = logging.getLogger(__name__)
 
@@ -26,8 +26,6 @@ _DAY_MS = 24 * 3600 * 1000
 
 SHARD_TABLE = "shard-sketches"
 """The Faust table holding each shard's state (co-partitioned with the input topic)."""
-AGGREGATOR_TABLE = "aggregator-snapshots"
-"""The Faust table holding the latest snapshot per shard (co-partitioned with ``sketches``)."""
 
 
 def changelog_topic(app_id: str, table: str) -> str:
@@ -65,14 +63,9 @@ class TopicSet:
     """Rejected input with its reason."""
     shard_changelog: TopicSpec
     """Changelog of the shard state table: partition p holds shard p."""
-    aggregator_changelog: TopicSpec
-    """Changelog of the aggregator's table."""
 
     def __iter__(self) -> Iterator[TopicSpec]:
-        return iter(
-            (self.numbers, self.sketches, self.medians, self.dead_letters, self.shard_changelog,
-             self.aggregator_changelog)
-        )  # fmt: skip
+        return iter((self.numbers, self.sketches, self.medians, self.dead_letters, self.shard_changelog))
 
 
 def topic_set(settings: Settings) -> TopicSet:
@@ -93,9 +86,11 @@ def topic_set(settings: Settings) -> TopicSet:
             MappingProxyType(
                 {
                     "cleanup.policy": "compact",
-                    # Compact often: only the latest snapshot per shard matters.
+                    # Compact often: only the latest snapshot per shard matters, and a
+                    # new aggregator reads the whole topic (at most ~10 minutes of
+                    # snapshots beyond the latest per shard) before its first record.
                     "min.cleanable.dirty.ratio": "0.1",
-                    "segment.ms": str(3600 * 1000),
+                    "segment.ms": str(600 * 1000),
                     "delete.retention.ms": str(_DAY_MS),
                 }
             ),
@@ -125,12 +120,5 @@ def topic_set(settings: Settings) -> TopicSet:
             replicas,
             MappingProxyType({"cleanup.policy": "compact"}),
             "state of each shard: KLL sketch, last source offset (partition p = shard p)",
-        ),
-        aggregator_changelog=TopicSpec(
-            changelog_topic(settings.app_id, AGGREGATOR_TABLE),
-            1,
-            replicas,
-            MappingProxyType({"cleanup.policy": "compact"}),
-            "the aggregator's latest snapshot per shard",
         ),
     )

@@ -1,9 +1,12 @@
 """The aggregator agent: merges the latest snapshot of every shard and publishes.
 
 ``sketches`` has one partition, so exactly one worker hosts the aggregator.
-It keeps each shard's latest snapshot in a table (restored from its changelog
-when another worker takes over) and publishes the global record to ``medians``
-at most every ``publish_interval_ms``, whenever the estimate changed.
+``sketches`` is compacted and keyed by shard: read to its end it holds every
+shard's latest snapshot, so it is the aggregator's changelog. A worker that
+takes the aggregator over rebuilds from it (in a thread, before its first
+record) instead of from a second copy in a table. It publishes the global
+record to ``medians`` at most every ``publish_interval_ms``, whenever the
+estimate changed, and at once after a shard's budget snapshot.
 """
 
 from __future__ import annotations
@@ -11,10 +14,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from faust.types import AppT, EventT, StreamT, TableT, TopicT
+from faust.types import AppT, EventT, StreamT, TopicT
 from faust.types.tuples import TP
 
 from config import Settings
@@ -23,15 +26,16 @@ from pipeline.app.shards import shard_key
 from pipeline.core.budget import ShardLiveness
 from pipeline.core.emission import EmissionState, IntervalRule
 from pipeline.core.merge import GlobalEstimator
+from pipeline.core.snapshot_checks import SnapshotLimits, check_sketches_message
 from pipeline.core.wire import (
     DeadLetter,
     MedianRecord,
     ShardProgress,
-    SketchSnapshot,
     SnapshotError,
     parse_sketches_value,
     progress_key,
 )
+from pipeline.kafka.sketches_log import SketchesLog, read_sketches_log
 
 __all__ = ["MEDIAN_KEY", "AggregatorService"]
 
@@ -51,18 +55,23 @@ class AggregatorService:
         self,
         app: AppT,
         settings: Settings,
-        table: TableT[bytes, bytes],
         medians: TopicT,
         dead_letters: DeadLetterSink,
+        shard_limit: Callable[[], int] | None = None,
     ) -> None:
         self._app = app
+        self.shard_limit: Callable[[], int] = shard_limit or (lambda: settings.numbers_partitions)
+        """How many shards exist now (the input topic's partitions): messages of a shard id at or above
+        it are dead-lettered as ``snapshot_unknown_shard``. The one place to update when the topic grows."""
         self._settings = settings
-        self._table = table
         self._medians = medians
         self._dead_letters = dead_letters
         self._throttle = IntervalRule(settings.publish_interval_ms)
         self._output = EmissionState()
         self._estimator: GlobalEstimator | None = None
+        # The rebuild from ``sketches`` started when this worker took the aggregator over.
+        self._rebuild: asyncio.Future[SketchesLog] | None = None
+        self._assigned_at = 0.0
         self._hosted = False
         self._changes = 0
         self._urgent = False
@@ -72,6 +81,12 @@ class AggregatorService:
         self._theta = settings.error_budget if settings.emission_rule == "budget" else None
         self.last_record: MedianRecord | None = None
         """The last record this worker published."""
+        self.merges = 0
+        """Merged records made (each merges the changed snapshots, then evaluates the quantiles)."""
+        self.merge_seconds = 0.0
+        """Time spent making them, in seconds (with :attr:`merges`: a Prometheus summary)."""
+        self.last_rebuild: SketchesLog | None = None
+        """What the last takeover read from ``sketches``."""
 
     def register(self, sketches: TopicT) -> None:
         """Attach the agent, the publish timer and the rebalance hooks to the app."""
@@ -87,6 +102,21 @@ class AggregatorService:
         """Whether this worker hosts the aggregator now."""
         return self._hosted
 
+    @property
+    def estimator(self) -> GlobalEstimator | None:
+        """The merge state while this worker hosts the aggregator and has rebuilt it (read it, do not change it)."""
+        return self._estimator if self._hosted else None
+
+    @property
+    def liveness(self) -> ShardLiveness:
+        """The shards' progress and silence as this aggregator saw it (read it, do not change it)."""
+        return self._liveness
+
+    @property
+    def restored(self) -> bool:
+        """Whether this worker hosts the aggregator and has rebuilt its state."""
+        return self._hosted and self._estimator is not None
+
     async def _run(self, stream: StreamT[Any]) -> AsyncIterator[None]:
         async for event in stream.events():
             await self._take(event)
@@ -95,14 +125,13 @@ class AggregatorService:
 
     async def _take(self, event: EventT[Any]) -> None:
         key, value = event.message.key, event.message.value
-        estimator = self._ensure_estimator()
+        estimator = await self._ready()
         if value is None:
             # A tombstone retires a shard: its numbers leave the estimate.
             shard = _shard_of(key)
             if key is not None and shard is not None:
                 estimator.forget(shard)
                 self._liveness.forget(shard)
-                self._table.pop(key, None)
                 self._changed()
             return
         try:
@@ -110,6 +139,9 @@ class AggregatorService:
             expected = progress_key(message.shard) if isinstance(message, ShardProgress) else shard_key(message.shard)
             if key != expected:
                 raise SnapshotError("key_mismatch", f"key {key!r} does not name shard {message.shard}")
+            # Well-formed is not enough: a forged shard id, count or sketch must not reach the estimate.
+            limits = SnapshotLimits(self.shard_limit(), self._settings.max_value_bytes, self._settings.accept_infinity)
+            check_sketches_message(message, limits)
         except SnapshotError as exc:
             await self._reject(event, exc)
             return
@@ -118,7 +150,6 @@ class AggregatorService:
             return
         self._liveness.note_snapshot(message)
         if estimator.offer(message):
-            self._table[key] = value
             self._changed()
             # A budget snapshot resets what the shard vouches for: publish it at once.
             self._urgent = self._urgent or message.urgent
@@ -135,34 +166,73 @@ class AggregatorService:
         self._changes += 1
         self._output.version = self._changes
 
-    def _ensure_estimator(self) -> GlobalEstimator:
+    async def _ready(self) -> GlobalEstimator:
+        """The estimator, once rebuilt from ``sketches`` (waits for the rebuild)."""
         if self._estimator is None:
-            estimator = GlobalEstimator(self._settings.sketch_k, self._settings.quantiles)
-            # The table was restored from its changelog before agents and timers resume.
-            self._liveness = ShardLiveness()
-            for key, value in self._table.items():
-                try:
-                    snapshot = SketchSnapshot.from_bytes(value)
-                    estimator.offer(snapshot)
-                    self._liveness.note_snapshot(snapshot)
-                except SnapshotError as exc:
-                    logger.error("ignoring unreadable stored snapshot %r: %s", key, exc)
-            logger.info("aggregator: restored %d shards, n=%d", estimator.shard_count, estimator.n)
-            self._estimator = estimator
-            self._changed()
+            if self._rebuild is None:
+                self._start_rebuild()
+            assert self._rebuild is not None
+            rebuild = self._rebuild
+            try:
+                log = await rebuild
+            except Exception:
+                # A broker that is down or restarting: try again rather than crash the agent.
+                logger.exception("aggregator: rebuilding from %s failed; retrying", self._settings.topic_sketches)
+                if rebuild is self._rebuild:
+                    self._start_rebuild()
+                return await self._ready()
+            if self._estimator is None and rebuild is self._rebuild:
+                self._restore(log)
+        assert self._estimator is not None
         return self._estimator
+
+    def _start_rebuild(self) -> None:
+        # A blocking read with a C client, off the event loop: the agent and the timer
+        # wait for it, the worker's other agents (and its heartbeats) do not.
+        self._assigned_at = time.monotonic()
+        self._rebuild = asyncio.ensure_future(
+            asyncio.to_thread(read_sketches_log, self._settings, shard_limit=self.shard_limit())
+        )
+
+    def _restore(self, log: SketchesLog) -> None:
+        estimator = GlobalEstimator(self._settings.sketch_k, self._settings.quantiles)
+        self._liveness = ShardLiveness()
+        for snapshot in log.snapshots.values():
+            estimator.offer(snapshot)
+            self._liveness.note_snapshot(snapshot)
+        for progress in log.progress.values():
+            self._liveness.note_progress(progress)
+        self._estimator = estimator
+        self.last_rebuild = log
+        self._changed()
+        logger.info(
+            "aggregator: rebuilt from %d records of %s up to offset %d in %.3f s: %d shards, n=%d "
+            "(%.3f s since assignment)",
+            log.records_read,
+            self._settings.topic_sketches,
+            log.end_offset,
+            log.seconds,
+            estimator.shard_count,
+            estimator.n,
+            time.monotonic() - self._assigned_at,
+        )
 
     async def _publish_if_due(self) -> None:
         if not self._hosted or self._app.rebalancing or getattr(self._app, "in_recovery", False):
             return
-        estimator = self._ensure_estimator()
+        if self._estimator is None and not (self._rebuild is not None and self._rebuild.done()):
+            return  # still rebuilding: the first record must be complete
+        estimator = await self._ready()
         now_ms = _now_ms()
         due = self._output.changed and (self._urgent or self._throttle.should_emit(self._output, now_ms))
         if estimator.shard_count == 0 or not due:
             return
         self._urgent = False
         stale = self._liveness.stale(now_ms, 2 * self._settings.heartbeat_ms)
+        started = time.perf_counter()
         record = estimator.record(now_ms, self._theta, self._liveness.pending(), len(stale))
+        self.merge_seconds += time.perf_counter() - started
+        self.merges += 1
         # Marked before the send's await, so the timer and the agent never both send
         # this state; the lock keeps records on the topic in the order they were made.
         self._output.mark_emitted(now_ms)
@@ -173,12 +243,14 @@ class AggregatorService:
     async def _on_assigned(self, _sender: AppT, assigned: set[TP], **_kwargs: Any) -> None:
         if any(tp.topic == self._settings.topic_sketches for tp in assigned):
             self._hosted = True
-            self._estimator = None  # rebuilt from the restored table on first use
+            self._estimator = None
+            self._start_rebuild()
 
     async def _on_revoked(self, _sender: AppT, revoked: set[TP], **_kwargs: Any) -> None:
         if any(tp.topic == self._settings.topic_sketches for tp in revoked):
             self._hosted = False
             self._estimator = None
+            self._rebuild = None
 
 
 def _shard_of(key: bytes | None) -> int | None:

@@ -15,7 +15,9 @@ from faust.types import TableT, TopicT
 
 from config import Settings
 from pipeline.app.aggregator import AggregatorService
+from pipeline.app.api_views import web_application_options
 from pipeline.app.collector import CollectorPolicy
+from pipeline.app.dashboard import register_dashboard
 from pipeline.app.dead_letters import DeadLetterSink
 from pipeline.app.global_view import MediansFollower
 from pipeline.app.shards import ShardService
@@ -23,7 +25,7 @@ from pipeline.app.web import register_views
 from pipeline.core.emission import build_shard_rule
 from pipeline.transport import SCHEME, batch_topic, register_transport
 from topics import topic_set
-from topics.specs import AGGREGATOR_TABLE, SHARD_TABLE
+from topics.specs import SHARD_TABLE
 
 __all__ = ["Pipeline", "broker_credentials", "create_app"]
 
@@ -84,11 +86,14 @@ def create_app(settings: Settings) -> Pipeline:
         web_host=settings.web_host,
         web_port=settings.web_port,
         web_bind=settings.web_host,
+        web_application_options=web_application_options(),
         key_serializer="raw",
         value_serializer="raw",
         topic_partitions=settings.numbers_partitions,
         topic_replication_factor=settings.replication_factor,
         producer_acks=-1,
+        broker_session_timeout=settings.session_timeout_ms / 1000,
+        broker_heartbeat_interval=min(3.0, settings.session_timeout_ms / 3000),
         broker_max_poll_records=settings.batch_max_events,
         # With batch delivery the stream buffer and commit-every count batches, not
         # records: a small queue keeps flow control fine-grained and memory bounded.
@@ -106,7 +111,6 @@ def create_app(settings: Settings) -> Pipeline:
     dead_letters = DeadLetterSink(_topic(app, specs.dead_letters.name, specs.dead_letters.partitions))
 
     shard_table = _table(app, SHARD_TABLE, specs.numbers.partitions, "KLL sketch and source offset per shard")
-    aggregator_table = _table(app, AGGREGATOR_TABLE, specs.sketches.partitions, "latest snapshot per shard")
 
     rule = build_shard_rule(
         settings.emission_rule,
@@ -119,13 +123,27 @@ def create_app(settings: Settings) -> Pipeline:
     )
     shards = ShardService(app, settings, shard_table, sketches, dead_letters, rule, MediansFollower(settings))
     shards.register(numbers)
-    aggregator = AggregatorService(app, settings, aggregator_table, medians, dead_letters)
+    # The group's metadata follows `dmedian topics grow` while workers run: shards of
+    # new partitions are real shards, not forgeries, before any worker restarts.
+    aggregator = AggregatorService(
+        app,
+        settings,
+        medians,
+        dead_letters,
+        shard_limit=lambda: _shard_limit(app, settings.topic_numbers, specs.numbers.partitions),
+    )
     aggregator.register(sketches)
     collector = CollectorPolicy(app, _GC_INTERVAL_MS)
     collector.register()
     pipeline = Pipeline(app, settings, shards, aggregator, dead_letters)
     register_views(pipeline)
+    register_dashboard(pipeline)
     return pipeline
+
+
+def _shard_limit(app: faust.App, numbers: str, configured: int) -> int:
+    found = app.consumer.topic_partitions(numbers)
+    return max(found or 0, configured)
 
 
 def _topic(app: faust.App, name: str, partitions: int) -> TopicT:

@@ -27,7 +27,7 @@ from pipeline.core.codec import CodecOptions
 from pipeline.core.emission import EmissionState, ShardEmissionRule
 from pipeline.core.ingest import RecordBatch, ingest_batch, rejection_counts
 from pipeline.core.sketch import ShardState
-from pipeline.core.wire import DeadLetter, ShardProgress, SketchSnapshot, progress_key
+from pipeline.core.wire import DeadLetter, MedianRecord, ShardProgress, SketchSnapshot, progress_key
 from pipeline.transport import resume_from_state
 
 __all__ = ["ShardService", "shard_key"]
@@ -83,6 +83,12 @@ class ShardService:
         """Bytes of snapshots this worker sent."""
         self.heartbeats_sent = 0
         """Progress messages (heartbeats) this worker sent."""
+        self.snapshots_sent_by_shard: dict[int, int] = {}
+        """Snapshots this worker sent, per shard (kept after a shard moves away: counters never go back)."""
+        self.snapshot_bytes_by_shard: dict[int, int] = {}
+        """Bytes of snapshots this worker sent, per shard."""
+        self.last_snapshot_ms_by_shard: dict[int, int] = {}
+        """When this worker last sent a snapshot of each shard, epoch ms."""
 
     def register(self, numbers: TopicT) -> None:
         """Attach the agent, the flush timer and the rebalance hooks to the app."""
@@ -110,6 +116,16 @@ class ShardService:
         """The cached state of an owned shard (None if not loaded yet)."""
         slot = self._slots.get(shard)
         return slot.state if slot else None
+
+    @property
+    def latest_record(self) -> MedianRecord | None:
+        """The newest ``medians`` record this worker has read (None before the first)."""
+        return self._follower.latest
+
+    def last_signal_ms(self, shard: int) -> int:
+        """When an owned shard last sent a snapshot or heartbeat, epoch ms (0: never, or not owned)."""
+        slot = self._slots.get(shard)
+        return slot.emission.last_signal_ms if slot else 0
 
     async def _run_batches(self, stream: StreamT[Any]) -> AsyncIterator[None]:
         # Batch delivery: each event is one fetched batch of one partition.
@@ -196,6 +212,9 @@ class ShardService:
             emission.mark_emitted(now_ms, state.sketch)
             self.snapshots_sent += 1
             self.snapshot_bytes_sent += len(payload)
+            self.snapshots_sent_by_shard[shard] = self.snapshots_sent_by_shard.get(shard, 0) + 1
+            self.snapshot_bytes_by_shard[shard] = self.snapshot_bytes_by_shard.get(shard, 0) + len(payload)
+            self.last_snapshot_ms_by_shard[shard] = now_ms
         elif self._rule.should_heartbeat(emission, now_ms):
             # Header only: "alive, ingested this far"; silence then means a dead shard.
             progress = ShardProgress(shard, max(emission.emitted_n, 0), state.n, state.last_offset, now_ms)

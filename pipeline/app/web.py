@@ -1,4 +1,9 @@
-"""HTTP views on Faust's web server: the latest estimate and this worker's shards."""
+"""HTTP views on Faust's web server: ``/stats``, and the API of :mod:`pipeline.app.api_views`.
+
+``/stats`` (this worker's shards, counters and last published record) predates
+the API and stays for scripts that read it; the API's ``/shards`` and
+``/metrics`` say the same and more.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from faust.web import Request, Response, View
 
+from pipeline.app.api_views import register_api_views
+
 if TYPE_CHECKING:
     from pipeline.app.factory import Pipeline
 
@@ -18,8 +25,9 @@ logger = logging.getLogger(__name__)
 
 
 def register_views(pipeline: Pipeline) -> None:
-    """Add ``/stats`` (this worker: owned shards, counters, aggregator state) to the app."""
+    """Add ``/stats`` (this worker: owned shards, counters, aggregator state) and the API to the app."""
     app = pipeline.app
+    register_api_views(pipeline)
 
     @app.page("/stats")
     class StatsView(View):

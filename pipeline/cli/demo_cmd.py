@@ -122,8 +122,7 @@ def _demo_deployment(keep: bool) -> Iterator[Settings]:
         "DMEDIAN_DATA_DIR": str(data_dir),
         "DMEDIAN_WEB_PORT": str(free_port()),
     })  # fmt: skip
-    settings = settings_or_exit()
-    ensure_topics()
+    settings = ensure_topics(settings_or_exit())
     try:
         yield settings
     finally:

@@ -9,6 +9,7 @@ import typer
 from pipeline.cli.broker_cmd import broker_cli
 from pipeline.cli.demo_cmd import demo
 from pipeline.cli.produce_cmd import produce
+from pipeline.cli.replay_cmd import replay
 from pipeline.cli.topics_cmd import topics_cli
 from pipeline.cli.verify_cmd import verify
 from pipeline.cli.watch_cmd import shards, watch
@@ -35,6 +36,7 @@ def build_cli() -> typer.Typer:
     cli.command()(shards)
     cli.command()(demo)
     cli.command()(verify)
+    cli.command()(replay)
     return cli
 
 

@@ -22,7 +22,7 @@ def worker(
     web_port: int | None = typer.Option(None, help="HTTP port (setting web_port); one per worker on a host."),
 ) -> None:
     """Run a worker: shard agents for its partitions and, on one worker, the aggregator."""
-    settings = settings_or_exit(data_dir=data_dir, web_port=web_port)
-    ensure_topics()
+    # The cluster's partition count wins after `dmedian topics grow`.
+    settings = ensure_topics(settings_or_exit(data_dir=data_dir, web_port=web_port))
     pipeline = create_app(settings)
     faust.Worker(pipeline.app, loglevel=settings.log_level.upper(), quiet=True).execute_from_commandline()

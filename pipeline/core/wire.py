@@ -26,6 +26,7 @@ import orjson
 
 from pipeline.core.envelope import Envelope, EnvelopeError, pack_envelope, unpack_envelope
 from pipeline.core.sketch import QuantileBand, ShardState, quantile_band
+from pipeline.core.snapshot_checks import check_snapshot_contents
 
 __all__ = [
     "MEDIAN_RECORD_VERSION",
@@ -180,6 +181,9 @@ class SketchSnapshot:
             raise SnapshotError(
                 "inconsistent", f"header says n={self.n} k={self.k}, sketch has n={sketch.n} k={sketch.k}"
             )
+        # A forgery can be well formed: item weights, NaN items and header statistics are checked
+        # here, so that every reader (the aggregator and its rebuild from ``sketches``) refuses it.
+        check_snapshot_contents(self, sketch)
 
 
 @dataclass(frozen=True)

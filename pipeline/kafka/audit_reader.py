@@ -25,8 +25,7 @@ from pipeline.core.audit import ShardChunk
 from pipeline.core.codec import CodecOptions, decode_batch
 from pipeline.core.ingest import rejection_counts
 from pipeline.core.wire import MedianRecord, SketchSnapshot
-from pipeline.kafka.clients import consumer
-from pipeline.kafka.follow import _watermarks
+from pipeline.kafka.clients import consumer, watermarks
 
 __all__ = ["KafkaChunkSource", "ReaderOptions", "ShardRange", "latest_median_record", "plan_ranges"]
 
@@ -93,7 +92,7 @@ def plan_ranges(settings: Settings, snapshots: Mapping[int, SketchSnapshot]) -> 
                 problem = f"input topic has {partitions} partitions: there is no partition {shard}"
                 ranges.append(ShardRange(shard, 0, -1, 0, (problem,)))
                 continue
-            low, high = _watermarks(client, TopicPartition(settings.topic_numbers, shard))
+            low, high = watermarks(client, TopicPartition(settings.topic_numbers, shard))
             problems = []
             if low > 0 and last >= 0:
                 problems.append(f"records before offset {low} were deleted (retention): cannot be exact")
@@ -253,7 +252,7 @@ def latest_median_record(settings: Settings, timeout_s: float = 30.0) -> MedianR
     client = consumer(settings, f"dmedian-verify-{uuid.uuid4().hex[:8]}")
     try:
         tp = TopicPartition(settings.topic_medians, 0)
-        low, high = _watermarks(client, tp)
+        low, high = watermarks(client, tp)
         if high <= low:
             return None
         client.assign([TopicPartition(settings.topic_medians, 0, high - 1)])

@@ -7,16 +7,25 @@ security settings, so a secured cluster needs the settings once.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from config import Settings
 
-__all__ = ["admin_client", "client_config", "consumer", "producer"]
+__all__ = ["admin_client", "client_config", "consumer", "producer", "watermarks"]
 
 logger = logging.getLogger(__name__)
+
+# Errors a partition shows for a moment after its topic is created.
+_SETTLING = (
+    KafkaError.NOT_LEADER_FOR_PARTITION,
+    KafkaError.LEADER_NOT_AVAILABLE,
+    KafkaError.UNKNOWN_TOPIC_OR_PART,
+    KafkaError._UNKNOWN_PARTITION,
+)
 
 
 def client_config(settings: Settings) -> dict[str, Any]:
@@ -70,3 +79,18 @@ def consumer(settings: Settings, group_id: str, **overrides: Any) -> Consumer:
     }
     config.update({key.replace("_", "."): value for key, value in overrides.items()})
     return Consumer(config)
+
+
+def watermarks(client: Consumer, tp: TopicPartition, timeout_s: float = 30.0) -> tuple[int, int]:
+    """Low and high watermarks, retrying while a just-created topic's leader settles."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            low, high = client.get_watermark_offsets(tp, timeout=10)
+            return int(low), int(high)
+        except KafkaException as exc:
+            error = exc.args[0] if exc.args else None
+            retriable = isinstance(error, KafkaError) and (error.retriable() or error.code() in _SETTLING)
+            if not retriable or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)

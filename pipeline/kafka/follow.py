@@ -7,33 +7,16 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 
-from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, TopicPartition
 
 from config import Settings
-from pipeline.core.wire import MedianRecord, SketchSnapshot, SnapshotError
-from pipeline.kafka.clients import consumer
+from pipeline.core.wire import MedianRecord, SketchSnapshot
+from pipeline.kafka.clients import consumer, watermarks
+from pipeline.kafka.sketches_log import read_sketches_log
 
 __all__ = ["follow_medians", "latest_snapshots", "wait_for_record"]
 
 logger = logging.getLogger(__name__)
-
-# Errors a partition shows for a moment after its topic is created.
-_SETTLING = (KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE, KafkaError.UNKNOWN_TOPIC_OR_PART)
-
-
-def _watermarks(client: Consumer, tp: TopicPartition, timeout_s: float = 30.0) -> tuple[int, int]:
-    """Low and high watermarks, retrying while a just-created topic's leader settles."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            low, high = client.get_watermark_offsets(tp, timeout=10)
-            return int(low), int(high)
-        except KafkaException as exc:
-            error = exc.args[0] if exc.args else None
-            retriable = isinstance(error, KafkaError) and (error.retriable() or error.code() in _SETTLING)
-            if not retriable or time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
 
 
 def follow_medians(
@@ -48,7 +31,7 @@ def follow_medians(
     try:
         tp = TopicPartition(settings.topic_medians, 0, OFFSET_BEGINNING)
         if not from_beginning:
-            low, high = _watermarks(client, tp)
+            low, high = watermarks(client, tp)
             tp.offset = max(low, high - 1) if high > low else OFFSET_END
         client.assign([tp])
         while True:
@@ -95,39 +78,4 @@ def wait_for_record(
 
 def latest_snapshots(settings: Settings, timeout_s: float = 30.0) -> dict[int, SketchSnapshot]:
     """Read ``sketches`` to its end and return the latest snapshot of every shard."""
-    client = consumer(settings, f"dmedian-shards-{uuid.uuid4().hex[:8]}")
-    latest: dict[int, SketchSnapshot] = {}
-    try:
-        tp = TopicPartition(settings.topic_sketches, 0, OFFSET_BEGINNING)
-        low, high = _watermarks(client, tp)
-        if high <= low:
-            return latest
-        client.assign([tp])
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            message = client.poll(0.5)
-            if message is None:
-                continue
-            error = message.error()
-            if error is not None:
-                if error.code() == KafkaError._PARTITION_EOF:
-                    break
-                continue
-            value = message.value()
-            if value is None:
-                key = message.key() or b""
-                if key.isdigit():  # a retired shard (not a heartbeat's key, nor a stray one)
-                    latest.pop(int(key), None)
-            else:
-                try:
-                    snapshot = SketchSnapshot.from_bytes(value)
-                except SnapshotError:
-                    continue
-                held = latest.get(snapshot.shard)
-                if held is None or snapshot.last_offset >= held.last_offset:
-                    latest[snapshot.shard] = snapshot
-            if (message.offset() or 0) >= high - 1:
-                break
-    finally:
-        client.close()
-    return latest
+    return read_sketches_log(settings, timeout_s).snapshots

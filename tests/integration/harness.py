@@ -89,6 +89,23 @@ class WorkerProcess:
             body: dict[str, Any] = json.loads(response.read())
             return body
 
+    def try_stats(self) -> dict[str, Any] | None:
+        """``/stats``, or None while the worker's web server is not up (or it is dead)."""
+        try:
+            return self.stats()
+        except OSError:
+            return None
+
+    def wait_until_owning(self, timeout_s: float = 90.0) -> list[str]:
+        """Wait until the worker owns at least one shard; return the shards it owns."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            stats = self.try_stats()
+            if stats and stats["shards"]:
+                return sorted(stats["shards"])
+            time.sleep(0.5)
+        raise AssertionError(f"{self.name} owned no shard within {timeout_s} s\n{self.log_tail()}")
+
     def log_tail(self, lines: int = 60) -> str:
         if not self.log_path.exists():
             return "(no log)"

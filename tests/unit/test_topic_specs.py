@@ -48,7 +48,7 @@ def test_names_replication_and_retention_follow_settings() -> None:
     )
     topics = topic_set(settings)
     assert [spec.name for spec in topics] == [
-        "in", "sk", "out", "dlq", "dmedian-shard-sketches-changelog", "dmedian-aggregator-snapshots-changelog",
+        "in", "sk", "out", "dlq", "dmedian-shard-sketches-changelog",
     ]  # fmt: skip
     assert {spec.replication_factor for spec in topics} == {3}
     assert topics.numbers.config["retention.ms"] == "-1"
@@ -77,7 +77,6 @@ def test_changelogs_are_compacted_and_co_partitioned_with_their_sources() -> Non
     topics = topic_set(load_settings({"numbers_partitions": 12, "app_id": "prod"}, environ={}))
     assert topics.shard_changelog.name == "prod-shard-sketches-changelog"
     assert topics.shard_changelog.partitions == topics.numbers.partitions == 12
-    assert topics.aggregator_changelog.partitions == topics.sketches.partitions == 1
-    assert {topics.shard_changelog.config["cleanup.policy"], topics.aggregator_changelog.config["cleanup.policy"]} == {
-        "compact"
-    }
+    assert topics.sketches.partitions == 1
+    # ``sketches`` itself is the aggregator's changelog: compacted, keyed by shard.
+    assert topics.shard_changelog.config["cleanup.policy"] == topics.sketches.config["cleanup.policy"] == "compact"
