@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterable
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,7 @@ from typing import IO
 
 import numpy as np
 import numpy.typing as npt
+from rich.console import Console
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -37,6 +39,7 @@ sys.path.insert(0, str(REPO))
 from confluent_kafka import OFFSET_BEGINNING, TopicPartition  # noqa: E402
 
 from config import Settings, load_settings  # noqa: E402
+from pipeline.cli.progress import progress_bar  # noqa: E402
 from pipeline.core.exact import check_rank  # noqa: E402
 from pipeline.core.wire import SketchSnapshot, parse_sketches_value  # noqa: E402
 from pipeline.kafka.clients import admin_client, consumer, producer  # noqa: E402
@@ -101,8 +104,17 @@ def prepare_input(bootstrap: str, name: str, numbers: int, partitions: int) -> B
     )  # fmt: skip
     create_topics(admin_client(settings), [topic_set(settings).numbers])
     values = generate(Distribution.LOGNORMAL, numbers, seed=11)
-    messages = produce_values(producer(settings), topic, encode_messages(values, fmt, batch))
+    messages = produce_with_progress(settings, topic, encode_messages(values, fmt, batch), -(-numbers // batch))
     return BenchInput(topic, values, fmt, batch, messages, partitions)
+
+
+def produce_with_progress(settings: Settings, topic: str, messages: Iterable[bytes], total: int) -> int:
+    """Produce ``messages`` with a progress bar on stderr when it is a terminal (quiet when piped)."""
+    with progress_bar(Console(stderr=True), "msg") as progress:
+        task = progress.add_task(f"producing to {topic}", total=total)
+        return produce_values(
+            producer(settings), topic, messages, on_progress=lambda step: progress.advance(task, step)
+        )
 
 
 def measure_worker(bootstrap: str, data: BenchInput, tmp: Path, overrides: dict[str, str]) -> dict[str, float]:

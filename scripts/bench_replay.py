@@ -28,17 +28,15 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
-from bench_pipeline import bench_environment, deploy_worker, worker_env
+from bench_pipeline import bench_environment, deploy_worker, produce_with_progress, worker_env
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from pipeline.core.exact import check_rank  # noqa: E402
 from pipeline.core.wire import MedianRecord  # noqa: E402
-from pipeline.kafka.clients import producer  # noqa: E402
 from pipeline.kafka.follow import wait_for_record  # noqa: E402
 from pipeline.kafka.generate import Distribution, MessageFormat, encode_messages, generate  # noqa: E402
-from pipeline.kafka.produce import produce_values  # noqa: E402
 
 
 def _timed_cli(env: dict[str, str], *args: str) -> tuple[float, MedianRecord, str]:
@@ -69,7 +67,10 @@ def main() -> None:
         settings, worker = deploy_worker(stack, env, tmp / f"{run}.log")
         values = generate(Distribution.LOGNORMAL, args.count, seed=31)
         started = time.monotonic()
-        messages = produce_values(producer(settings), settings.topic_numbers, encode_messages(values, fmt, args.batch))
+        total = values.size if fmt is MessageFormat.SINGLE else -(-values.size // args.batch)
+        messages = produce_with_progress(
+            settings, settings.topic_numbers, encode_messages(values, fmt, args.batch), total
+        )
         live = wait_for_record(settings, lambda r: r.n >= values.size, 1800, lambda: worker.poll() is not None)
         if live is None or live.n != values.size:
             raise SystemExit(f"the live worker did not reach n={values.size:,}")

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 
 from pipeline.cli.common import console, fail, settings_or_exit
+from pipeline.cli.progress import progress_bar
 from pipeline.kafka.clients import producer
 from pipeline.kafka.generate import Distribution, MessageFormat, encode_messages, generate
 from pipeline.kafka.produce import ProduceError, produce_values
@@ -28,22 +28,11 @@ def produce_numbers(
     """Produce ``values`` to the input topic with a progress bar on a terminal; return messages sent."""
     settings = settings_or_exit()
     messages = -(-values.size // batch_size) if fmt is not MessageFormat.SINGLE else values.size
-    columns = (
-        TextColumn("producing"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TaskProgressColumn(),
-        TextColumn("{task.fields[rate]}"),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, console=console, disable=not console.is_terminal) as progress:
-        task = progress.add_task("produce", total=messages, rate="")
+    with progress_bar(console, "msg") as progress:
+        task = progress.add_task("producing", total=messages)
 
         def advance(step: int) -> None:
             progress.advance(task, step)
-            elapsed = progress.tasks[0].elapsed or 0.0
-            if elapsed:
-                progress.update(task, rate=f"{progress.tasks[0].completed / elapsed:,.0f} msg/s")
 
         try:
             return produce_values(

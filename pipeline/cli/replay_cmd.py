@@ -21,10 +21,10 @@ from functools import partial
 from pathlib import Path
 
 import typer
-from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from config import Settings
 from pipeline.cli.common import console, fail, settings_or_exit
+from pipeline.cli.progress import progress_bar
 from pipeline.cli.topics_cmd import ensure_topics
 from pipeline.core.merge import GlobalEstimator
 from pipeline.core.wire import MedianRecord
@@ -106,10 +106,8 @@ def replay(
 def _catch_up(settings: Settings, plan: ReplayPlan, worker: _ReplayWorker, timeout_s: float) -> MedianRecord:
     replay_view = settings.model_copy(update=worker.setting_overrides)
     deadline = time.monotonic() + timeout_s
-    columns = (TextColumn("replaying"), BarColumn(), TextColumn("{task.completed:,}/{task.total:,} records"),
-               TimeRemainingColumn())  # fmt: skip
-    with Progress(*columns, console=console, disable=not console.is_terminal) as progress:
-        task = progress.add_task("replay", total=max(plan.records, 1))
+    with progress_bar(console, "records") as progress:
+        task = progress.add_task("replaying", total=max(plan.records, 1))
         while True:
             if not worker.alive:
                 fail(f"the replay worker exited ({worker.returncode}); its log: {worker.log_path}")

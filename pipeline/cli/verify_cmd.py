@@ -12,11 +12,11 @@ from typing import Any
 import orjson
 import typer
 from rich import box
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from config import Settings
 from pipeline.cli.common import console, out, settings_or_exit
+from pipeline.cli.progress import progress_bar
 from pipeline.core.audit import (
     AuditError,
     AuditOptions,
@@ -259,14 +259,7 @@ def verify(
     budget = max_memory_mb * _MIB
     options = AuditOptions(max_values=budget // 4 // 8)
     reader = ReaderOptions(chunk_bytes=budget // 16, queue_kbytes=budget // 8 // 1024)
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TaskProgressColumn(),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, console=console, disable=json_out or not console.is_terminal) as progress:
+    with progress_bar(console, "records", quiet=json_out) as progress:
         tasks: dict[int, Any] = {}
 
         def advance(pass_number: int, records: int) -> None:

@@ -8,23 +8,30 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from config import Settings
 
-__all__ = ["admin_client", "client_config", "consumer", "producer", "watermarks"]
+__all__ = ["admin_client", "client_config", "consumer", "producer", "retrying", "watermarks"]
 
 logger = logging.getLogger(__name__)
 
-# Errors a partition shows for a moment after its topic is created.
+T = TypeVar("T")
+
+# Errors a partition shows for a moment after its topic is created, and a group's
+# coordinator while it loads or moves.
 _SETTLING = (
     KafkaError.NOT_LEADER_FOR_PARTITION,
     KafkaError.LEADER_NOT_AVAILABLE,
     KafkaError.UNKNOWN_TOPIC_OR_PART,
     KafkaError._UNKNOWN_PARTITION,
+    KafkaError.NOT_COORDINATOR,
+    KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+    KafkaError.COORDINATOR_NOT_AVAILABLE,
 )
 
 
@@ -81,16 +88,22 @@ def consumer(settings: Settings, group_id: str, **overrides: Any) -> Consumer:
     return Consumer(config)
 
 
-def watermarks(client: Consumer, tp: TopicPartition, timeout_s: float = 30.0) -> tuple[int, int]:
-    """Low and high watermarks, retrying while a just-created topic's leader settles."""
+def retrying(call: Callable[[], T], timeout_s: float = 30.0) -> T:
+    """``call()``, retried while the cluster settles: a just-created topic's leader,
+    a new group's coordinator loading or moving. Other errors raise at once."""
     deadline = time.monotonic() + timeout_s
     while True:
         try:
-            low, high = client.get_watermark_offsets(tp, timeout=10)
-            return int(low), int(high)
+            return call()
         except KafkaException as exc:
             error = exc.args[0] if exc.args else None
             retriable = isinstance(error, KafkaError) and (error.retriable() or error.code() in _SETTLING)
             if not retriable or time.monotonic() > deadline:
                 raise
             time.sleep(0.2)
+
+
+def watermarks(client: Consumer, tp: TopicPartition, timeout_s: float = 30.0) -> tuple[int, int]:
+    """Low and high watermarks, retrying while a just-created topic's leader settles."""
+    low, high = retrying(lambda: client.get_watermark_offsets(tp, timeout=10), timeout_s)
+    return int(low), int(high)

@@ -14,11 +14,11 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import Consumer, TopicPartition
 
 from config import Settings
 from pipeline.core.wire import SketchSnapshot
-from pipeline.kafka.clients import admin_client, consumer, watermarks
+from pipeline.kafka.clients import admin_client, consumer, retrying, watermarks
 from topics.growth import cluster_partitions
 
 __all__ = [
@@ -33,12 +33,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-_COORDINATOR_MOVING = (
-    KafkaError.NOT_COORDINATOR,
-    KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
-    KafkaError.COORDINATOR_NOT_AVAILABLE,
-)
 
 
 @dataclass(frozen=True)
@@ -107,20 +101,9 @@ def commit_start(settings: Settings, plan: ReplayPlan, timeout_s: float = 30.0) 
     """Commit the plan's start offsets for the replay's group, where its worker will begin."""
     client = consumer(settings, plan.app_id)
     offsets = [TopicPartition(settings.topic_numbers, p, offset) for p, offset in plan.start.items()]
-    deadline = time.monotonic() + timeout_s
     try:
-        while True:
-            try:
-                client.commit(offsets=offsets, asynchronous=False)
-                return
-            except KafkaException as exc:
-                # A new group's coordinator may still be loading (a fresh cluster, a moved
-                # coordinator): those errors are retriable, the others are not.
-                error = exc.args[0] if exc.args else None
-                retriable = isinstance(error, KafkaError) and (error.retriable() or error.code() in _COORDINATOR_MOVING)
-                if not retriable or time.monotonic() > deadline:
-                    raise
-                time.sleep(0.5)
+        # A new group's coordinator may still be loading (a fresh cluster, a moved one).
+        retrying(lambda: client.commit(offsets=offsets, asynchronous=False), timeout_s)
     finally:
         client.close()
 
