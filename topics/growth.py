@@ -46,7 +46,9 @@ class GrowthPlan:
 
 def cluster_partitions(admin: AdminClient, topic: str) -> int | None:
     """How many partitions ``topic`` has on the cluster (None if it does not exist)."""
-    metadata = admin.list_topics(topic, timeout=_TIMEOUT_S).topics.get(topic)
+    # All topics' metadata, not this one's: asking a broker for one missing topic
+    # auto-creates it (with one partition) where auto.create.topics.enable is on.
+    metadata = admin.list_topics(timeout=_TIMEOUT_S).topics.get(topic)
     if metadata is None or metadata.error is not None:
         return None
     return len(metadata.partitions)

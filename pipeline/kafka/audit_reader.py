@@ -73,7 +73,7 @@ class ShardRange:
 
 
 def _describe(client: Consumer, topic: str) -> int:
-    metadata = client.list_topics(topic, timeout=30)
+    metadata = client.list_topics(timeout=30)  # one topic's metadata would auto-create it
     described = metadata.topics.get(topic)
     if described is None or described.error is not None:
         raise RuntimeError(f"input topic {topic!r} does not exist or cannot be described")

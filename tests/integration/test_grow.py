@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import time
+import uuid
 from collections.abc import Callable
 
 import numpy as np
 import pytest
 
+from config import load_settings
 from pipeline.core.exact import check_rank
 from pipeline.kafka.clients import admin_client
 from pipeline.kafka.generate import Distribution, MessageFormat, generate
+from tests.broker_fixture import BrokerHandle
 from tests.integration.harness import Deployment
 from topics import topic_set
 from topics.growth import cluster_partitions
@@ -59,3 +63,13 @@ def test_grow_from_four_to_eight_partitions_keeps_old_shards_and_adds_new_ones(
     ordered = np.sort(np.concatenate([before, after]))
     check = check_rank(ordered, 0.5, record.median.value)
     assert check.within(record.rank_bound), f"{check}, bound {record.rank_bound}"
+
+
+def test_asking_for_a_missing_topics_partitions_does_not_create_it(kafka: BrokerHandle) -> None:
+    # A worker's first start asks before the topics exist; a metadata request for one
+    # topic would auto-create it with one partition, and then the real spec conflicts.
+    name = f"missing-{uuid.uuid4().hex[:8]}"
+    admin = admin_client(load_settings(environ={"KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap}))
+    assert cluster_partitions(admin, name) is None
+    time.sleep(1.0)
+    assert name not in admin.list_topics(timeout=10).topics
