@@ -178,6 +178,7 @@ class AggregatorService:
             except Exception:
                 # A broker that is down or restarting: try again rather than crash the agent.
                 logger.exception("aggregator: rebuilding from %s failed; retrying", self._settings.topic_sketches)
+                await asyncio.sleep(1.0)  # not a tight loop while the broker is away
                 if rebuild is self._rebuild:
                     self._start_rebuild()
                 return await self._ready()
