@@ -78,6 +78,7 @@ class Settings(BaseModel):
     data_dir: Path = Path("var/dmedian")
     web_host: str = "127.0.0.1"
     web_port: int = Field(default=6066, ge=1, le=65535)
+    state_store: Literal["one-db", "per-partition"] = "one-db"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @field_validator("quantiles", mode="before")

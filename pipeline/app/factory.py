@@ -21,6 +21,7 @@ from pipeline.app.dashboard import register_dashboard
 from pipeline.app.dead_letters import DeadLetterSink
 from pipeline.app.global_view import MediansFollower
 from pipeline.app.shards import ShardService
+from pipeline.app.store import STORE_URL, register_store
 from pipeline.app.web import register_views
 from pipeline.core.emission import build_shard_rule
 from pipeline.transport import SCHEME, batch_topic, register_transport
@@ -110,7 +111,9 @@ def create_app(settings: Settings) -> Pipeline:
     medians = _topic(app, specs.medians.name, specs.medians.partitions)
     dead_letters = DeadLetterSink(_topic(app, specs.dead_letters.name, specs.dead_letters.partitions))
 
-    shard_table = _table(app, SHARD_TABLE, specs.numbers.partitions, "KLL sketch and source offset per shard")
+    shard_table = _table(
+        app, SHARD_TABLE, specs.numbers.partitions, "KLL sketch and source offset per shard", settings.state_store
+    )
 
     rule = build_shard_rule(
         settings.emission_rule,
@@ -158,20 +161,38 @@ def _topic(app: faust.App, name: str, partitions: int) -> TopicT:
     )
 
 
-def _table(app: faust.App, name: str, partitions: int, help_text: str) -> TableT[bytes, bytes]:
+def _table(app: faust.App, name: str, partitions: int, help_text: str, store: str) -> TableT[bytes, bytes]:
     # key_type/value_type bytes make Faust use the raw codec for the changelog too
     # (without them it falls back to JSON, which cannot carry a binary sketch).
+    # "one-db": every partition in one RocksDB database (pipeline/app/store.py);
+    # "per-partition": Faust's own store, one database per partition.
+    one_db = store == "one-db"
+    if one_db:
+        register_store()
     return app.Table(
-        name, key_type=bytes, value_type=bytes, partitions=partitions, help=help_text, options=_rocksdb_options()
+        name,
+        key_type=bytes,
+        value_type=bytes,
+        partitions=partitions,
+        help=help_text,
+        store=STORE_URL if one_db else "rocksdb://",
+        options=_rocksdb_options(one_db),
     )
 
 
-def _rocksdb_options() -> dict[str, int]:
+def _rocksdb_options(one_db: bool) -> dict[str, int]:
     # Faust's defaults (a 64 MiB write buffer, three of them, and a 2 GiB block cache)
     # are per partition's database: with a few KB per shard per batch, memtables kept
     # filling for many minutes and the worker's RSS grew with them. A shard's state is
-    # one small value, so small buffers and caches lose nothing. A new dict per table:
-    # Faust's store keeps and mutates the one it is given.
+    # one small value, so small buffers and caches lose nothing. One database for all
+    # partitions takes every shard's writes: larger buffers, paid once per worker,
+    # flush less often. A new dict per table: Faust's store mutates the one it is given.
+    if one_db:
+        return {
+            "write_buffer_size": 16 * 1024 * 1024,
+            "max_write_buffer_number": 2,
+            "block_cache_size": 16 * 1024 * 1024,
+        }
     return {
         "write_buffer_size": 2 * 1024 * 1024,
         "max_write_buffer_number": 2,
