@@ -81,6 +81,7 @@ class Settings(BaseModel):
     state_store: Literal["one-db", "per-partition"] = "one-db"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
+    metrics_shard_series: int = Field(default=20, ge=-1, le=1_000_000)
     @field_validator("quantiles", mode="before")
     @classmethod
     def _split_quantiles(cls, value: Any) -> Any:

@@ -17,15 +17,16 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import orjson
 from faust.web import Request, Response, View
 
 from pipeline.app.metrics import CONTENT_TYPE, WorkerMetrics
+from pipeline.app.shard_rows import gather_rows, with_local_medians
 from pipeline.core.api_answers import (
     ApiError,
-    ShardRow,
     WorkerCondition,
     error_body,
     health_answer,
@@ -35,10 +36,9 @@ from pipeline.core.api_answers import (
     quantiles_from_record,
     quantiles_from_sketch,
     record_quantiles,
-    shards_answer,
 )
 from pipeline.core.api_schema import openapi_document
-from pipeline.core.sketch import QuantileBand, quantile_band
+from pipeline.core.shard_listing import SHARD_PARAMETERS, parse_shard_query, select_page, shards_answer
 from pipeline.core.wire import MedianRecord
 
 if TYPE_CHECKING:
@@ -144,39 +144,16 @@ class ApiHandlers:
             logger.debug("aggregator's worker unknown", exc_info=True)
         return None
 
-    def shards(self) -> _Answer:
-        """``GET /shards``."""
-        pipeline, now_ms = self._pipeline, _now_ms()
-        stale_after_ms = 2 * pipeline.settings.heartbeat_ms
-        shards, aggregator = pipeline.shards, pipeline.aggregator
-        rows: dict[int, ShardRow] = {}
-        estimator = aggregator.estimator
-        if estimator is not None:
-            stale = set(aggregator.liveness.stale(now_ms, stale_after_ms))
-            for snapshot in estimator.shards():
-                rows[snapshot.shard] = ShardRow(
-                    snapshot.shard, False, snapshot.n, snapshot.median, snapshot.ts, snapshot.shard in stale,
-                    shards.snapshots_sent_by_shard.get(snapshot.shard),
-                    shards.snapshot_bytes_by_shard.get(snapshot.shard),
-                )  # fmt: skip
-        for shard in shards.owned:
-            state = shards.local_state(shard)
-            known = rows.get(shard)
-            signal_ms = shards.last_signal_ms(shard)
-            own_stale = None if not signal_ms else now_ms - signal_ms > stale_after_ms
-            rows[shard] = ShardRow(
-                shard,
-                True,
-                state.n if state is not None else (known.n if known else None),
-                _local_median(state.sketch) if state is not None and state.n else (known.median if known else None),
-                known.last_snapshot_ms if known else shards.last_snapshot_ms_by_shard.get(shard),
-                known.stale if known else own_stale,
-                shards.snapshots_sent_by_shard.get(shard, 0),
-                shards.snapshot_bytes_by_shard.get(shard, 0),
-            )
-        return 200, shards_answer(
-            list(rows.values()), now_ms=now_ms, complete=estimator is not None, stale_after_ms=stale_after_ms
-        )
+    def shards(self, params: dict[str, list[str]]) -> _Answer:
+        """``GET /shards?limit=&offset=&stale=&sort=&order=``: a summary of every shard and one page."""
+        query = parse_shard_query(params)
+        now_ms = _now_ms()
+        rows, complete = gather_rows(self._pipeline, now_ms)
+        page = select_page(rows, query)
+        page = replace(page, rows=with_local_medians(self._pipeline, page.rows))
+        stale_after_ms = 2 * self._pipeline.settings.heartbeat_ms
+        body = shards_answer(rows, page, query, now_ms=now_ms, complete=complete, stale_after_ms=stale_after_ms)
+        return 200, body
 
     def health(self) -> _Answer:
         """``GET /health``."""
@@ -205,11 +182,6 @@ def web_application_options() -> dict[str, Any]:
     warns (Faust's AlreadyConfiguredWarning), and adding a view builds the server.
     """
     return {"handler_args": {"max_line_size": MAX_REQUEST_LINE}}
-
-
-def _local_median(sketch: Any) -> QuantileBand:
-    error = float(sketch.normalized_rank_error(False))
-    return quantile_band(sketch, 0.5, error)
 
 
 class _ApiView(View):
@@ -249,8 +221,9 @@ def register_api_views(pipeline: Pipeline) -> ApiHandlers:
 
     @add("/shards")
     class ShardsView(_ApiView):
-        async def get(self, _request: Request) -> Response:
-            return self.answer(*handlers.shards())
+        async def get(self, request: Request) -> Response:
+            query: Any = request.query
+            return self.answer(*handlers.shards({name: list(query.getall(name, [])) for name in SHARD_PARAMETERS}))
 
     @add("/health")
     class HealthView(_ApiView):

@@ -3,7 +3,9 @@
 ``GET /`` serves the page, ``GET /static/{name}`` its scripts and styles (uPlot is
 vendored under ``pipeline/app/static``, so no request leaves the machine), and
 ``GET /dashboard.json`` everything the page shows in one response: the newest
-``medians`` record, this worker's shards and what it sent on ``sketches``. The page
+``medians`` record, a summary of the shards this worker knows (every shard on the
+aggregator's worker) with the distributions of their counts and snapshot ages and
+the worst few, and what it sent on ``sketches``. The page
 polls it about once a second and keeps the history (and the ingest rate) itself:
 the worker keeps no history for it.
 """
@@ -11,7 +13,6 @@ the worker keeps no history for it.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import dataclass
 from importlib import resources
@@ -21,6 +22,8 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from faust.web import Request, Response, View
 
+from pipeline.app.shard_rows import gather_rows, with_local_medians
+from pipeline.core.shard_listing import histogram, row_body, shards_summary, worst, worst_first
 from pipeline.core.wire import MedianRecord
 
 if TYPE_CHECKING:
@@ -28,7 +31,7 @@ if TYPE_CHECKING:
 
     from pipeline.app.factory import Pipeline
 
-__all__ = ["ASSETS", "Asset", "dashboard_body", "load_assets", "register_dashboard"]
+__all__ = ["ASSETS", "HISTOGRAM_BINS", "WORST_SHARDS", "Asset", "dashboard_body", "load_assets", "register_dashboard"]
 
 logger = logging.getLogger(__name__)
 
@@ -69,28 +72,26 @@ def load_assets() -> Mapping[str, bytes]:
     return MappingProxyType({asset.name: static.joinpath(asset.name).read_bytes() for asset in ASSETS})
 
 
-def _shard_rows(pipeline: Pipeline) -> list[dict[str, Any]]:
-    rows: list[dict[str, Any]] = []
-    for shard in pipeline.shards.owned:
-        state = pipeline.shards.local_state(shard)
-        if state is None:
-            # Assigned but not loaded yet: listed, so the table shows every owned shard.
-            rows.append({"shard": shard, "n": None, "median": None, "last_offset": None, "rejected": None,
-                         "last_signal_ms": None})  # fmt: skip
-            continue
-        median = state.sketch.get_quantile(0.5) if state.n else math.nan
-        rows.append(
-            {
-                "shard": shard,
-                "n": state.n,
-                "median": None if math.isnan(median) or math.isinf(median) else median,
-                "last_offset": state.last_offset,
-                "rejected": sum(state.rejected.values()),
-                "rejected_by_reason": dict(state.rejected),
-                "last_signal_ms": pipeline.shards.last_signal_ms(shard) or None,
-            }
-        )
-    return rows
+WORST_SHARDS = 10
+"""Shards the page lists one by one: the worst (stale, then the oldest snapshot, then lag)."""
+HISTOGRAM_BINS = 12
+"""Bars in each of the page's two histograms (numbers per shard, snapshot age)."""
+
+
+def _shards_view(pipeline: Pipeline, now_ms: int) -> dict[str, Any]:
+    # The same rows as /shards: a summary, two histograms and the few worst, never
+    # one row per shard (at 10,000 shards the page would be a 10,000-row table).
+    rows, complete = gather_rows(pipeline, now_ms)
+    listed = with_local_medians(pipeline, worst(rows, WORST_SHARDS, worst_first(now_ms)))
+    counts = [row.n for row in rows if row.n is not None]
+    ages = [age for row in rows if (age := row.age_s(now_ms)) is not None]
+    return {
+        "complete": complete,
+        "summary": shards_summary(rows, now_ms),
+        "histograms": {"n": histogram(counts, HISTOGRAM_BINS), "age_s": histogram(ages, HISTOGRAM_BINS)},
+        "worst": [row_body(row, now_ms) for row in listed],
+        "owned_n": sum(row.n or 0 for row in rows if row.owned_here),
+    }
 
 
 def _latest(pipeline: Pipeline) -> tuple[MedianRecord | None, str | None]:
@@ -117,7 +118,7 @@ def dashboard_body(pipeline: Pipeline, now_ms: int) -> dict[str, Any]:
         "topic": settings.topic_numbers,
         "emission_rule": settings.emission_rule,
         "aggregator_hosted": pipeline.aggregator.hosted,
-        "shards": _shard_rows(pipeline),
+        "shards": _shards_view(pipeline, now_ms),
         "sent": {
             "snapshots": pipeline.shards.snapshots_sent,
             "snapshot_bytes": pipeline.shards.snapshot_bytes_sent,

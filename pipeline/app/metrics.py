@@ -7,63 +7,41 @@ collector. Nothing is counted per number: the services already keep the counts
 time), and a scrape reads them.
 
 Every name starts with ``dmedian_``; counters end in ``_total``, durations and ages
-are in seconds. Per-shard series exist on the worker that owns (or sent) the shard;
-the served estimate and the aggregator's view are on every worker (the estimate is
-the newest ``medians`` record the worker has).
+are in seconds. The served estimate is on every worker (the newest ``medians``
+record it has); the aggregator's view of every shard on the worker that hosts it.
+
+At thousands of shards, per-shard series would be most of what Prometheus stores,
+so their count is bounded: ``metrics_shard_series`` (default 20) keeps the series
+of the worst shards only (stale first, then the oldest snapshot, then the most
+lag) and of the partitions with the most consumer lag; 0 keeps none, -1 all. The
+totals, counts and distributions over every shard are always there. The worst
+are picked with a bounded heap, not a sort of every shard, on each scrape.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric, SummaryMetricFamily
 from prometheus_client.registry import Collector
 
+from pipeline.app.shard_rows import consumer_lag, gather_rows
 from pipeline.core.api_answers import newest_record
+from pipeline.core.shard_listing import ShardRow, shards_summary, worst, worst_first
 
 if TYPE_CHECKING:
-    from faust.types import AppT
-
     from pipeline.app.factory import Pipeline
 
-__all__ = ["CONTENT_TYPE", "PipelineCollector", "WorkerMetrics", "consumer_lag"]
+__all__ = ["CONTENT_TYPE", "PipelineCollector", "WorkerMetrics"]
 
 logger = logging.getLogger(__name__)
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 """The Prometheus text format that :func:`prometheus_client.generate_latest` writes."""
-
-
-def consumer_lag(app: AppT) -> list[tuple[str, int, int]]:
-    """(topic, partition, lag) for every partition assigned to this worker's consumer.
-
-    Lag = the partition's end offset (high watermark, as of the last fetch) minus
-    the next offset to read: one past the last offset Faust's monitor saw arrive,
-    else the committed offset, else 0 (a new group reads from the start).
-    """
-    try:
-        consumer = app.consumer
-        assigned = consumer.assignment()
-    except Exception:  # the consumer is not started yet, or is being replaced in a rebalance
-        return []
-    monitor = app.monitor
-    lags = []
-    for tp in sorted(assigned):
-        try:
-            end: int | None = consumer.highwater(tp)  # aiokafka: None until fetched
-        except Exception:  # the partition was revoked since assignment() answered
-            continue
-        if end is None:
-            continue  # nothing fetched from it yet: its end is unknown
-        read = monitor.tp_read_offsets.get(tp)
-        committed = monitor.tp_committed_offsets.get(tp)
-        position = read + 1 if read is not None else (committed or 0)
-        lags.append((tp.topic, tp.partition, max(int(end) - position, 0)))
-    return lags
 
 
 class PipelineCollector(Collector):
@@ -80,26 +58,37 @@ class PipelineCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         """Every family, from the services' state now."""
         now_ms = int(time.time() * 1000)
-        yield from self._shard_metrics(now_ms)
-        yield from self._aggregator_metrics(now_ms)
-        yield from self._estimate_metrics(now_ms)
-        lag = GaugeMetricFamily(
-            "dmedian_consumer_lag", "Records not yet read, per assigned partition", labels=["topic", "partition"]
+        lags = consumer_lag(self._pipeline.app)
+        rows, _ = gather_rows(self._pipeline, now_ms, lags)
+        limit = self._pipeline.settings.metrics_shard_series
+        shown = _shown(rows, limit, now_ms)
+        yield GaugeMetricFamily(
+            "dmedian_metrics_shard_series", "The most shards with per-shard series (-1: all)", value=limit
         )
-        for topic, partition, behind in consumer_lag(self._pipeline.app):
-            lag.add_metric([topic, str(partition)], behind)
-        yield lag
+        yield from self._shard_metrics(shown, now_ms)
+        yield from self._shard_distributions(rows, now_ms)
+        yield from self._aggregator_metrics(shown, now_ms)
+        yield from self._estimate_metrics(now_ms)
+        yield from _lag_metrics(lags, limit)
 
-    def _shard_metrics(self, now_ms: int) -> Iterator[Metric]:
+    def _shard_metrics(self, shown: Callable[[int], bool], now_ms: int) -> Iterator[Metric]:
         shards = self._pipeline.shards
         ingested = CounterMetricFamily(
             "dmedian_numbers_ingested", "Numbers in each owned shard's state (all time)", labels=["shard"]
         )
-        for shard in shards.owned:
+        owned_n = 0
+        owned = shards.owned
+        for shard in owned:
             state = shards.local_state(shard)
             if state is not None:
-                ingested.add_metric([str(shard)], state.n)
+                owned_n += state.n
+                if shown(shard):
+                    ingested.add_metric([str(shard)], state.n)
         yield ingested
+        yield GaugeMetricFamily("dmedian_owned_shards", "Shards this worker owns", value=len(owned))
+        yield GaugeMetricFamily(
+            "dmedian_owned_numbers", "Numbers in the states of the shards this worker owns (a sum)", value=owned_n
+        )
         rejected = CounterMetricFamily(
             "dmedian_rejected", "Rejected messages or elements sent to dead-letters by this worker", labels=["reason"]
         )
@@ -110,11 +99,20 @@ class PipelineCollector(Collector):
         sent_bytes = CounterMetricFamily(
             "dmedian_snapshot_sent_bytes", "Bytes of snapshots this worker sent, per shard", labels=["shard"]
         )
-        for shard, count in sorted(shards.snapshots_sent_by_shard.items()):
-            sent.add_metric([str(shard)], count)
-            sent_bytes.add_metric([str(shard)], shards.snapshot_bytes_by_shard.get(shard, 0))
+        for shard, count in shards.snapshots_sent_by_shard.items():
+            if shown(shard):
+                sent.add_metric([str(shard)], count)
+                sent_bytes.add_metric([str(shard)], shards.snapshot_bytes_by_shard.get(shard, 0))
         yield sent
         yield sent_bytes
+        yield CounterMetricFamily(
+            "dmedian_worker_snapshots_sent", "Snapshots this worker sent, all shards", value=shards.snapshots_sent
+        )
+        yield CounterMetricFamily(
+            "dmedian_worker_snapshot_sent_bytes",
+            "Bytes of snapshots this worker sent, all shards",
+            value=shards.snapshot_bytes_sent,
+        )
         yield CounterMetricFamily(
             "dmedian_heartbeats_sent", "Progress messages this worker sent", value=shards.heartbeats_sent
         )
@@ -123,13 +121,30 @@ class PipelineCollector(Collector):
             age = GaugeMetricFamily(
                 "dmedian_snapshot_age_seconds", "Seconds since each shard's last snapshot", labels=["shard"]
             )
-            for shard in shards.owned:
+            for shard in owned:
                 sent_ms = shards.last_snapshot_ms_by_shard.get(shard)
-                if sent_ms is not None:
+                if sent_ms is not None and shown(shard):
                     age.add_metric([str(shard)], max(now_ms - sent_ms, 0) / 1000)
             yield age
 
-    def _aggregator_metrics(self, now_ms: int) -> Iterator[Metric]:
+    def _shard_distributions(self, rows: list[ShardRow], now_ms: int) -> Iterator[Metric]:
+        # Over every shard this worker knows (all of them on the aggregator's worker), whatever the cap.
+        summary = shards_summary(rows, now_ms)
+        yield GaugeMetricFamily("dmedian_shards_known", "Shards this worker knows of", value=summary["shards"])
+        yield GaugeMetricFamily(
+            "dmedian_shards_stale", "Of them, silent for over two heartbeats", value=summary["stale"]
+        )
+        for name, documentation, key in [
+            ("dmedian_shard_numbers", "Numbers per shard across the known shards", "n"),
+            ("dmedian_shard_snapshot_age_seconds", "Snapshot age across the known shards", "age_s"),
+        ]:
+            family = GaugeMetricFamily(name, documentation + ": min (0), median, p90, max (1)", labels=["quantile"])
+            for quantile, field in _DISTRIBUTION_LABELS:
+                if summary[key] is not None:
+                    family.add_metric([quantile], summary[key][field])
+            yield family
+
+    def _aggregator_metrics(self, shown: Callable[[int], bool], now_ms: int) -> Iterator[Metric]:
         aggregator = self._pipeline.aggregator
         yield GaugeMetricFamily(
             "dmedian_aggregator_hosted", "1 when this worker hosts the aggregator", value=int(aggregator.hosted)
@@ -151,6 +166,8 @@ class PipelineCollector(Collector):
             "dmedian_shard_stale", "1 when a shard has been silent for over two heartbeats", labels=["shard"]
         )
         for snapshot in estimator.shards():
+            if not shown(snapshot.shard):
+                continue
             age.add_metric([str(snapshot.shard)], max(now_ms - snapshot.ts, 0) / 1000)
             stale_family.add_metric([str(snapshot.shard)], int(snapshot.shard in stale))
         yield age
@@ -178,6 +195,35 @@ class PipelineCollector(Collector):
             bound.add_metric([repr(estimate.q)], record.bound_of(estimate))
         yield quantile
         yield bound
+
+
+_DISTRIBUTION_LABELS = (("0", "min"), ("0.5", "p50"), ("0.9", "p90"), ("1", "max"))
+
+
+def _shown(rows: list[ShardRow], limit: int, now_ms: int) -> Callable[[int], bool]:
+    """Whether a shard gets per-shard series: all (-1), none (0), or the ``limit`` worst."""
+    if limit < 0:
+        return lambda _shard: True
+    chosen = {row.shard for row in worst(rows, limit, worst_first(now_ms))}
+    return chosen.__contains__
+
+
+def _lag_metrics(lags: list[tuple[str, int, int]], limit: int) -> Iterator[Metric]:
+    per_topic: dict[str, int] = {}
+    for topic, _partition, behind in lags:
+        per_topic[topic] = per_topic.get(topic, 0) + behind
+    total = GaugeMetricFamily("dmedian_topic_consumer_lag", "Records not yet read, summed per topic", labels=["topic"])
+    for topic, behind in sorted(per_topic.items()):
+        total.add_metric([topic], behind)
+    yield total
+    lag = GaugeMetricFamily(
+        "dmedian_consumer_lag",
+        "Records not yet read, per assigned partition (the metrics_shard_series with the most)",
+        labels=["topic", "partition"],
+    )
+    for topic, partition, behind in worst(lags, limit, lambda entry: entry[2]):
+        lag.add_metric([topic, str(partition)], behind)
+    yield lag
 
 
 class WorkerMetrics:

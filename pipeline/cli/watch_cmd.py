@@ -13,8 +13,12 @@ from rich.live import Live
 from rich.table import Table
 
 from pipeline.cli.common import fail, out, settings_or_exit
+from pipeline.core.shard_listing import distribution, worst
 from pipeline.core.wire import MedianRecord, quantile_key
-from pipeline.kafka.follow import follow_medians, latest_snapshots
+from pipeline.errors import EmptyTopicError
+from pipeline.kafka.clients import require_topics
+from pipeline.kafka.follow import follow_medians
+from pipeline.kafka.sketches_log import read_sketches_log
 
 __all__ = ["record_table", "shards", "watch"]
 
@@ -55,13 +59,14 @@ def watch(
 ) -> None:
     """Follow the medians topic and show the global estimate live."""
     settings = settings_or_exit()
+    require_topics(settings, "medians")
     deadline = time.monotonic() + timeout if timeout else math.inf
     previous: MedianRecord | None = None
     live = None if json_lines else Live(console=out, auto_refresh=False)
     try:
         if live is not None:
             live.start()
-        for record in follow_medians(settings, from_beginning):
+        for record in follow_medians(settings, from_beginning, strict=True):
             if record is not None:
                 rate = None
                 if previous is not None and record.ts > previous.ts:
@@ -82,33 +87,52 @@ def watch(
             live.stop()
 
 
-def shards(json_lines: bool = typer.Option(False, "--json", help="One JSON line per shard.")) -> None:
-    """Each shard's n, local median with its bound, and source offset, from the sketches topic."""
+WORST_SHARDS = 10
+"""Shards ``dmedian shards`` lists without ``--all``: the stale ones first, then the oldest snapshots."""
+
+
+def shards(
+    json_lines: bool = typer.Option(False, "--json", help="One JSON line per shard, every shard."),
+    show_all: bool = typer.Option(False, "--all", help="List every shard, not the summary and the worst 10."),
+) -> None:
+    """A summary of the shards from the sketches topic (counts, stale, distributions, the worst 10); --all: each."""
     settings = settings_or_exit()
-    latest = latest_snapshots(settings)
+    require_topics(settings, "sketches")
+    log = read_sketches_log(settings, timeout_s=30.0)
+    latest = log.snapshots
     if not latest:
-        fail("no snapshots on the sketches topic yet", code=1)
+        raise EmptyTopicError(f"no snapshots on {settings.topic_sketches!r} yet: is a worker running, with input?")
     now = time.time() * 1000
-    table = Table("shard", "n", "median", "lower", "upper", "rank error", "last offset", "rejected", "age")
-    for shard in sorted(latest):
+    if json_lines:
+        for shard in sorted(latest):
+            s = latest[shard]
+            row = {"shard": shard, "n": s.n, "median": s.median.value, "lower": s.median.lower,
+                   "upper": s.median.upper, "rank_error": s.rank_error, "last_offset": s.last_offset,
+                   "rejected": s.rejected, "ts": s.ts}  # fmt: skip
+            typer.echo(orjson.dumps(row, option=orjson.OPT_SERIALIZE_NUMPY).decode())
+        return
+    # A shard is stale when neither a snapshot nor a heartbeat came for two heartbeats (as the aggregator says).
+    stale_after_ms = 2 * settings.heartbeat_ms
+    heard = {shard: max(s.ts, log.progress[shard].ts if shard in log.progress else 0) for shard, s in latest.items()}
+    stale = {shard for shard, ts in heard.items() if now - ts > stale_after_ms}
+    if show_all:
+        listed = sorted(latest)
+    else:
+        listed = worst(latest, WORST_SHARDS, lambda shard: (shard in stale, now - latest[shard].ts, -shard))
+        n_dist = distribution([s.n for s in latest.values()], integer=True)
+        age_dist = distribution([(now - s.ts) / 1000 for s in latest.values()])
+        summary = Table("across the shards", "min", "median", "p90", "max", title=(
+            f"{len(latest):,} shards, {len(stale):,} stale (silent > {stale_after_ms / 1000:.0f} s), "
+            f"n = {sum(s.n for s in latest.values()):,}"))  # fmt: skip
+        for label, dist, cell in [("numbers per shard", n_dist, "{:,.0f}"), ("snapshot age", age_dist, "{:.1f} s")]:
+            assert dist is not None  # latest is not empty
+            summary.add_row(label, *(cell.format(dist[key]) for key in ("min", "p50", "p90", "max")))
+        out.print(summary)
+    title = None if show_all else f"the {len(listed)} worst: stale first, then the oldest snapshot (--all: every shard)"
+    table = Table("shard", "n", "median", "lower", "upper", "rank error", "last offset", "rejected", "age", "status",
+                  title=title)  # fmt: skip
+    for shard in listed:
         s = latest[shard]
-        if json_lines:
-            typer.echo(
-                orjson.dumps(
-                    {
-                        "shard": shard,
-                        "n": s.n,
-                        "median": s.median.value,
-                        "lower": s.median.lower,
-                        "upper": s.median.upper,
-                        "rank_error": s.rank_error,
-                        "last_offset": s.last_offset,
-                        "rejected": s.rejected,
-                        "ts": s.ts,
-                    },
-                    option=orjson.OPT_SERIALIZE_NUMPY,
-                ).decode()
-            )
         table.add_row(
             str(shard),
             f"{s.n:,}",
@@ -119,6 +143,6 @@ def shards(json_lines: bool = typer.Option(False, "--json", help="One JSON line 
             str(s.last_offset),
             str(s.rejected),
             f"{(now - s.ts) / 1000:.1f}s",
+            "[red]stale[/]" if shard in stale else "live",
         )
-    if not json_lines:
-        out.print(table)
+    out.print(table)

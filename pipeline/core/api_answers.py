@@ -35,8 +35,8 @@ __all__ = [
     "MAX_QUANTILES",
     "MAX_Q_TEXT",
     "ApiError",
-    "ShardRow",
     "WorkerCondition",
+    "band_body",
     "error_body",
     "health_answer",
     "median_answer",
@@ -45,7 +45,6 @@ __all__ = [
     "quantiles_from_record",
     "quantiles_from_sketch",
     "record_quantiles",
-    "shards_answer",
 ]
 
 logger = logging.getLogger(__name__)
@@ -125,7 +124,8 @@ def _number(value: float) -> float | None:
     return None if math.isnan(value) else value
 
 
-def _band(band: QuantileBand) -> dict[str, float | None]:
+def band_body(band: QuantileBand) -> dict[str, float | None]:
+    """A band as JSON: value, lower, upper (null for an empty sketch's NaN)."""
     return {"value": _number(band.value), "lower": _number(band.lower), "upper": _number(band.upper)}
 
 
@@ -157,7 +157,7 @@ def _record_meta(record: MedianRecord, now_ms: int) -> dict[str, Any]:
 
 def median_answer(record: MedianRecord, now_ms: int) -> dict[str, Any]:
     """``GET /median``: the record's median, its interval and bound, and the estimate's facts."""
-    return _record_meta(record, now_ms) | {"median": _band(record.median), "rank_bound": record.rank_bound}
+    return _record_meta(record, now_ms) | {"median": band_body(record.median), "rank_bound": record.rank_bound}
 
 
 def _record_bands(record: MedianRecord) -> dict[float, tuple[QuantileBand, float]]:
@@ -172,7 +172,7 @@ def quantiles_from_record(record: MedianRecord, qs: Iterable[float], now_ms: int
     wanted = tuple(qs)
     if any(q not in bands for q in wanted):
         return None
-    rows = [{"q": q, **_band(bands[q][0]), "rank_bound": bands[q][1]} for q in wanted]
+    rows = [{"q": q, **band_body(bands[q][0]), "rank_bound": bands[q][1]} for q in wanted]
     return _record_meta(record, now_ms) | {"quantiles": rows}
 
 
@@ -193,52 +193,9 @@ def quantiles_from_sketch(
 ) -> dict[str, Any]:
     """``GET /quantiles`` from the merged sketch, now: bound = its rank error over the ``n`` it reflects."""
     error = float(sketch.normalized_rank_error(False))
-    rows = [{"q": q, **_band(quantile_band(sketch, q, error)), "rank_bound": error} for q in qs]
+    rows = [{"q": q, **band_body(quantile_band(sketch, q, error)), "rank_bound": error} for q in qs]
     meta = _estimate_meta("merged_sketch", n, shards, now_ms, now_ms, error, None, "reflected")
     return meta | {"pending": pending, "stale_shards": stale_shards, "quantiles": rows}
-
-
-@dataclass(frozen=True)
-class ShardRow:
-    """What one worker knows of one shard (None: it does not know)."""
-
-    shard: int
-    """The shard id."""
-    owned_here: bool
-    """Whether this worker owns the shard (and so knows its current state)."""
-    n: int | None
-    """Numbers in the shard: its state's count where owned, else its latest snapshot's."""
-    median: QuantileBand | None
-    """The shard's local median with the values at its rank-error bounds."""
-    last_snapshot_ms: int | None
-    """When its latest snapshot was made (as the aggregator saw it, or as this worker sent it)."""
-    stale: bool | None
-    """Silent (no snapshot nor heartbeat) for longer than the staleness age."""
-    snapshots_sent: int | None
-    """Snapshots of it this worker sent since it started."""
-    snapshot_bytes_sent: int | None
-    """Their bytes."""
-
-
-def shards_answer(rows: Sequence[ShardRow], *, now_ms: int, complete: bool, stale_after_ms: int) -> dict[str, Any]:
-    """``GET /shards``: one entry per shard this worker knows, by id."""
-    body = []
-    for row in sorted(rows, key=lambda r: r.shard):
-        age = None if row.last_snapshot_ms is None else max(now_ms - row.last_snapshot_ms, 0) / 1000
-        status = "unknown" if row.stale is None else ("stale" if row.stale else "live")
-        body.append(
-            {
-                "shard": row.shard,
-                "owned_here": row.owned_here,
-                "n": row.n,
-                "median": None if row.median is None else _band(row.median),
-                "last_snapshot_age_s": age,
-                "status": status,
-                "snapshots_sent": row.snapshots_sent,
-                "snapshot_bytes_sent": row.snapshot_bytes_sent,
-            }
-        )
-    return {"complete": complete, "ts": now_ms, "stale_after_s": stale_after_ms / 1000, "shards": body}
 
 
 @dataclass(frozen=True)

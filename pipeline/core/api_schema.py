@@ -11,6 +11,7 @@ import logging
 from typing import Any
 
 from pipeline.core.api_answers import MAX_QUANTILES
+from pipeline.core.shard_listing import DEFAULT_LIMIT, MAX_LIMIT, SORT_KEYS
 
 __all__ = ["API_VERSION", "openapi_document"]
 
@@ -80,6 +81,14 @@ def _estimate_meta() -> dict[str, Any]:
 _META_REQUIRED = ("source", "n", "shards", "ts", "time", "age_s", "rank_error", "theta", "bound_covers", "pending")
 
 
+_SHARDS_ANSWER_FIELDS = (
+    "complete", "ts", "stale_after_s", "summary", "total", "limit", "offset", "next_offset", "sort", "order", "shards"
+)  # fmt: skip
+_SHARD_ROW_FIELDS = (
+    "shard", "owned_here", "n", "median", "last_snapshot_age_s", "status", "lag", "last_offset", "rejected"
+)  # fmt: skip
+
+
 def _schemas() -> dict[str, Any]:
     return {
         "Error": {
@@ -121,9 +130,31 @@ def _schemas() -> dict[str, Any]:
                 },
             },
         },
+        "Distribution": {
+            "type": "object",
+            "nullable": True,
+            "description": "Over the shards with a value (nearest rank: each is one shard's value); null: none has.",
+            "required": ["min", "p50", "p90", "max"],
+            "properties": {name: {"type": "number"} for name in ("min", "p50", "p90", "max")},
+        },
+        "ShardsSummary": {
+            "type": "object",
+            "description": "Every shard this worker knows, whatever the page's filter.",
+            "required": ["shards", "owned_here", "stale", "unknown", "n_total", "n", "age_s", "lag_total"],
+            "properties": {
+                "shards": {"type": "integer", "minimum": 0, "description": "Shards known."},
+                "owned_here": {"type": "integer", "minimum": 0, "description": "Of them, owned by this worker."},
+                "stale": {"type": "integer", "minimum": 0, "description": "Silent for over stale_after_s."},
+                "unknown": {"type": "integer", "minimum": 0, "description": "Whose liveness is not known yet."},
+                "n_total": {"type": "integer", "minimum": 0, "description": "Numbers in them, summed."},
+                "n": _ref("Distribution"),
+                "age_s": _ref("Distribution"),
+                "lag_total": _nullable("integer", minimum=0, description="Unread input records of owned shards."),
+            },
+        },
         "ShardsAnswer": {
             "type": "object",
-            "required": ["complete", "ts", "stale_after_s", "shards"],
+            "required": [*_SHARDS_ANSWER_FIELDS],
             "properties": {
                 "complete": {
                     "type": "boolean",
@@ -131,11 +162,19 @@ def _schemas() -> dict[str, Any]:
                 },
                 "ts": {"type": "integer"},
                 "stale_after_s": {"type": "number"},
+                "summary": _ref("ShardsSummary"),
+                "total": {"type": "integer", "minimum": 0, "description": "Shards matching the filter."},
+                "limit": {"type": "integer", "minimum": 0, "maximum": MAX_LIMIT},
+                "offset": {"type": "integer", "minimum": 0},
+                "next_offset": _nullable("integer", minimum=0, description="The next page's offset (null: last)."),
+                "sort": {"type": "string", "enum": list(SORT_KEYS)},
+                "order": {"type": "string", "enum": ["asc", "desc"]},
                 "shards": {
                     "type": "array",
+                    "maxItems": MAX_LIMIT,
                     "items": {
                         "type": "object",
-                        "required": ["shard", "owned_here", "n", "median", "last_snapshot_age_s", "status"],
+                        "required": [*_SHARD_ROW_FIELDS],
                         "properties": {
                             "shard": {"type": "integer", "minimum": 0},
                             "owned_here": {"type": "boolean"},
@@ -145,6 +184,9 @@ def _schemas() -> dict[str, Any]:
                             "status": {"type": "string", "enum": ["live", "stale", "unknown"]},
                             "snapshots_sent": _nullable("integer", minimum=0),
                             "snapshot_bytes_sent": _nullable("integer", minimum=0),
+                            "lag": _nullable("integer", minimum=0, description="Unread input records (owned only)."),
+                            "last_offset": _nullable("integer", minimum=-1),
+                            "rejected": _nullable("integer", minimum=0),
                         },
                     },
                 },
@@ -187,6 +229,22 @@ def _q_parameter() -> dict[str, Any]:
     }
 
 
+def _shards_parameters() -> list[dict[str, Any]]:
+    def query(name: str, description: str, schema: dict[str, Any]) -> dict[str, Any]:
+        return {"name": name, "in": "query", "required": False, "description": description, "schema": schema}
+
+    return [
+        query("limit", f"Rows in the page (default {DEFAULT_LIMIT}; 0: the summary only).",
+              {"type": "integer", "minimum": 0, "maximum": MAX_LIMIT}),
+        query("offset", "Rows to skip: the previous page's next_offset.", {"type": "integer", "minimum": 0}),
+        query("stale", "true: stale shards only; false: the others only.", {"type": "boolean"}),
+        query("sort", "Order by shard id, snapshot age, count or consumer lag.",
+              {"type": "string", "enum": list(SORT_KEYS)}),
+        query("order", "asc or desc; default desc for age, n and lag (worst first), asc for shard.",
+              {"type": "string", "enum": ["asc", "desc"]}),
+    ]  # fmt: skip
+
+
 def _get(summary: str, description: str, responses: dict[str, Any], **extra: Any) -> dict[str, Any]:
     return {"get": {"summary": summary, "description": description, "responses": responses, **extra}}
 
@@ -221,9 +279,15 @@ def openapi_document() -> dict[str, Any]:
             parameters=[_q_parameter()],
         ),
         "/shards": _get(
-            "Per-shard state",
-            "Every shard on the aggregator's worker (complete = true), else the shards this worker owns.",
-            {"200": _json("ShardsAnswer", "The shards, by id"), "503": _unavailable()},
+            "Per-shard state: a summary and one page",
+            "Every shard on the aggregator's worker (complete = true), else the shards this worker owns: "
+            "a summary of all of them, and one filtered, sorted page of rows.",
+            {
+                "200": _json("ShardsAnswer", "The summary and the page"),
+                "400": _error("A bad parameter (the message names it and its value)"),
+                "503": _unavailable(),
+            },
+            parameters=_shards_parameters(),
         ),
         "/health": _get(
             "Readiness",

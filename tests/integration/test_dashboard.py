@@ -1,8 +1,10 @@
 """The dashboard in a real browser: Debian's chromium, driven by Playwright, against a real worker.
 
 The page must show what the worker reports (the same median and ``n``), draw its
-charts, list the worker's shards, log no error, and ask nothing of any host but
-this one. A screenshot of it is saved with the test's files and as docs/dashboard.png.
+charts, summarise the shards (counts, histograms, distributions) and list the worst
+few, log no error, and ask nothing of any host but this one. A long median must fit
+its card, and a flat ingest rate must have distinct axis ticks. A screenshot of it is
+saved with the test's files and as docs/dashboard.png.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from urllib.parse import urlsplit
 import pytest
 from playwright.sync_api import Browser, ConsoleMessage, Page, Request, Route, sync_playwright
 
+from pipeline.app.dashboard import HISTOGRAM_BINS, WORST_SHARDS
 from pipeline.kafka.generate import Distribution, MessageFormat, generate
 from tests.integration.harness import REPO, Deployment
 
@@ -107,25 +110,65 @@ def _watch(page: Page) -> tuple[list[str], list[str]]:
 
 def _shows_stale_shards_in_red(page: Page, tmp_path: Path) -> None:
     # This worker's shards are all live, so the page is fed the worker's own document
-    # with two shards said stale, one of them this worker's first (its last send made old).
+    # with two shards said stale, one of them the first of the worst listed.
     def stale(route: Route) -> None:
         response = route.fetch()
         doc = response.json()
         doc["stale_shards"] = 2
-        doc["shards"][0]["last_signal_ms"] = doc["now_ms"] - doc["stale_after_ms"] - 5000
+        doc["shards"]["summary"]["stale"] = 2
+        doc["shards"]["worst"][0]["status"] = "stale"
         route.fulfill(response=response, json=doc)
 
     page.route("**/dashboard.json", stale)
     page.wait_for_selector("#shards tbody tr.stale", timeout=10_000)
     assert page.locator("#shards tbody tr.stale").count() == 1
     assert page.inner_text("#stale") == "2"
+    assert page.inner_text("#shards-stale") == "2"
     assert page.is_visible("#stale-banner")
     assert "2 shards are stale" in page.inner_text("#stale-banner")
     red = "rgb(209, 52, 47)"
     assert page.eval_on_selector("#stale", "e => getComputedStyle(e).color") == red
+    assert page.eval_on_selector("#shards-stale", "e => getComputedStyle(e).color") == red
     assert page.eval_on_selector("#shards tbody tr.stale td", "e => getComputedStyle(e).color") == red
     page.screenshot(path=str(tmp_path / "dashboard-stale.png"), full_page=True)
     page.unroute("**/dashboard.json")
+
+
+def _a_long_median_and_a_flat_rate_read_well(browser: Browser, base: str, tmp_path: Path) -> None:
+    """The two flaws of an early screenshot: a 9-digit median overflowing its card, and a flat
+    ingest rate whose axis read 1, 1, 1, 0, 0. A fresh page (no real history) is fed both."""
+    started_ms = time.time() * 1000
+    per_second = 3.0
+
+    def synthetic(route: Route) -> None:
+        response = route.fetch()
+        doc = response.json()
+        record = doc["record"]
+        record.update(median=123456789.123, lower=123450000.5, upper=123470000.25)
+        # n grows 3 per second exactly, so the rate is flat at 3 numbers/s.
+        record["n"] = 1_000_000 + round((doc["now_ms"] - started_ms) * per_second / 1000)
+        route.fulfill(response=response, json=doc)
+
+    page = browser.new_page(viewport={"width": 1360, "height": 1000})
+    errors, _ = _watch(page)
+    page.route("**/dashboard.json", synthetic)
+    page.goto(f"{base}/", wait_until="load", timeout=30_000)
+    page.wait_for_function("() => window.dmedianDashboard.charts.rate.data[0].length >= 4", timeout=30_000)
+    assert page.inner_text("#median") == "1.23457e8"
+    fits = "e => e.scrollWidth <= e.clientWidth"
+    assert page.eval_on_selector("#median", fits), "the median overflows its text box"
+    assert page.eval_on_selector(".hero", fits), "the median overflows its card"
+    for chart in ("rate", "median"):
+        ticks = page.evaluate(f"() => window.dmedianDashboard.charts.{chart}.axes[1]._values")
+        assert len(ticks) >= 3, (chart, ticks)
+        assert len(set(ticks)) == len(ticks), f"{chart} axis ticks repeat: {ticks}"
+    rates = page.evaluate("() => window.dmedianDashboard.charts.rate.data[1]")
+    top = page.evaluate("() => window.dmedianDashboard.charts.rate.scales.y.max")
+    assert max(rates) == pytest.approx(per_second, rel=0.05), rates
+    assert top >= 1.2 * max(rates), (top, rates)  # the flat line is not on the chart's edge
+    page.screenshot(path=str(tmp_path / "dashboard-flat-rate-long-median.png"), full_page=True)
+    page.close()
+    assert errors == [], errors
 
 
 def test_assets_are_served_by_name_only(deploy: Callable[..., Deployment]) -> None:
@@ -163,7 +206,7 @@ def test_assets_are_served_by_name_only(deploy: Callable[..., Deployment]) -> No
 def test_dashboard_follows_the_median_in_a_real_browser(
     deploy: Callable[..., Deployment], browser: Browser, tmp_path: Path
 ) -> None:
-    partitions = 4
+    partitions = 12  # more than the page lists one by one
     deployment = deploy(partitions)
     worker = deployment.worker()
     base = f"http://127.0.0.1:{worker.web_port}"
@@ -203,9 +246,24 @@ def test_dashboard_follows_the_median_in_a_real_browser(
     assert float(shown) == pytest.approx(expected["median"], rel=1e-5), shown
     assert page.inner_text("#n") == f"{total:,}"
 
-    assert page.locator("#shards tbody tr").count() == partitions
+    # Not a row per shard: a summary, two histograms, the distributions, and the worst few.
+    page.wait_for_function(
+        "(total) => Number(document.getElementById('shards-n').dataset.value) === total", arg=total, timeout=30_000
+    )
+    assert page.inner_text("#shards-known") == str(partitions)
+    assert page.inner_text("#shards-owned") == str(partitions)
+    assert page.inner_text("#shards-stale") == "0"
+    assert page.locator("#hist-n .bar").count() == HISTOGRAM_BINS
+    assert page.locator("#hist-age .bar").count() == HISTOGRAM_BINS
+    for row in ("#dist-n", "#dist-age"):
+        assert "–" not in page.inner_text(row), page.inner_text(row)
+    listed = page.locator("#shards tbody tr")
+    assert listed.count() == WORST_SHARDS
+    shard_ids = [int(t) for t in page.locator("#shards tbody tr td:nth-child(1)").all_inner_texts()]
+    assert len(set(shard_ids)) == WORST_SHARDS
+    assert set(shard_ids) <= set(range(partitions))
     shard_ns = [int(t.replace(",", "")) for t in page.locator("#shards tbody tr td:nth-child(2)").all_inner_texts()]
-    assert sum(shard_ns) == total
+    assert all(0 < n < total for n in shard_ns), shard_ns
     assert page.locator("#shards tbody tr.stale").count() == 0
     assert page.inner_text("#stale") == "0"
     assert page.locator("#quantiles tbody tr").count() == len(deployment.settings.quantiles)
@@ -221,6 +279,7 @@ def test_dashboard_follows_the_median_in_a_real_browser(
 
     _shows_stale_shards_in_red(page, tmp_path)
     page.close()
+    _a_long_median_and_a_flat_rate_read_well(browser, base, tmp_path)
 
     assert errors == [], errors
     away = [url for url in requests if urlsplit(url).scheme != "data" and urlsplit(url).hostname != "127.0.0.1"]

@@ -130,6 +130,7 @@ def test_median_quantiles_shards_and_health_agree_with_the_data(running: Running
     assert status == 200
     assert shards["complete"] is True
     assert [s["shard"] for s in shards["shards"]] == list(range(PARTITIONS))
+    assert (shards["total"], shards["next_offset"], shards["summary"]["n_total"]) == (PARTITIONS, None, COUNT)
     assert sum(s["n"] for s in shards["shards"]) == COUNT
     for shard in shards["shards"]:
         assert (shard["owned_here"], shard["status"]) == (True, "live"), shard
@@ -249,3 +250,7 @@ def test_a_worker_without_the_aggregator_answers_from_the_record_and_names_the_h
     assert shards["complete"] is False
     _, _, guest_health = _get(f"{guest}/health")
     assert {s["shard"] for s in shards["shards"]} == set(guest_health["shards_owned"]), (shards, guest_health)
+    summary = shards["summary"]
+    assert summary["shards"] == summary["owned_here"] == len(guest_health["shards_owned"]), shards
+    # The guest knows its own shards' counts, not every shard's: its total is a part of COUNT.
+    assert summary["n_total"] == sum(s["n"] for s in shards["shards"]) <= COUNT, shards

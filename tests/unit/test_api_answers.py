@@ -14,7 +14,6 @@ from hypothesis import strategies as st
 from pipeline.core.api_answers import (
     MAX_QUANTILES,
     ApiError,
-    ShardRow,
     WorkerCondition,
     health_answer,
     median_answer,
@@ -23,7 +22,6 @@ from pipeline.core.api_answers import (
     quantiles_from_record,
     quantiles_from_sketch,
     record_quantiles,
-    shards_answer,
 )
 from pipeline.core.api_schema import openapi_document
 from pipeline.core.exact import check_rank
@@ -170,21 +168,6 @@ def test_an_empty_sketch_answers_null_values() -> None:
         "upper": None,
         "rank_bound": 0,
     }
-
-
-def test_shards_answer_sorts_and_names_status() -> None:
-    band = QuantileBand(1.0, 0.5, 1.5)
-    rows = [
-        ShardRow(3, True, 10, band, TS - 2000, False, 2, 5000),
-        ShardRow(1, False, 5, None, None, None, None, None),
-        ShardRow(2, False, 7, band, TS - 30_000, True, None, None),
-    ]
-    body = shards_answer(rows, now_ms=TS, complete=True, stale_after_ms=20_000)
-    assert [s["shard"] for s in body["shards"]] == [1, 2, 3]
-    assert [s["status"] for s in body["shards"]] == ["unknown", "stale", "live"]
-    assert body["shards"][2]["last_snapshot_age_s"] == 2.0
-    assert body["shards"][2]["median"] == {"value": 1.0, "lower": 0.5, "upper": 1.5}
-    assert (body["complete"], body["stale_after_s"]) == (True, 20.0)
 
 
 @pytest.mark.parametrize(

@@ -18,11 +18,44 @@
   let medianChart = null;
   let rateChart = null;
 
+  // At most 6 significant digits: a data value of 9 digits must not overflow its card.
+  // From a million up (and below 0.001) in scientific notation, never padded with zeros.
   function fmt(v) {
     if (v === null || v === undefined || Number.isNaN(v)) return "–";
     const a = Math.abs(v);
-    if (a !== 0 && (a >= 1e9 || a < 1e-3)) return v.toExponential(4);
+    if (a !== 0 && (a >= 1e6 || a < 1e-3)) return v.toExponential(5).replace(/\.?0+e/, "e").replace("e+", "e");
     return v.toLocaleString("en-US", { maximumSignificantDigits: 6 });
+  }
+  // Axis ticks: as many decimals as the tick step needs (so 0.2, 0.4 never both read 0),
+  // and k/M/G from a thousand up.
+  const SI = [[1e9, "G"], [1e6, "M"], [1e3, "k"]];
+  function decimalsFor(step) {
+    for (let d = 0; d < 8; d++) {
+      const scaled = step * 10 ** d;
+      if (Math.abs(Math.round(scaled) - scaled) < 1e-6 * Math.max(1, scaled)) return d;
+    }
+    return 8;
+  }
+  function fmtTick(v, step, top) {
+    if (v === null || v === undefined) return "";
+    if (v === 0) return "0";
+    if (top !== 0 && top < 1e-3) return v === 0 ? "0" : v.toExponential(2);
+    const [scale, suffix] = SI.find(([s]) => top >= s) || [1, ""];
+    return (v / scale).toFixed(decimalsFor(step / scale)) + suffix;
+  }
+  function axisValues(u, vals, axisIdx, space, incr) {
+    const top = Math.max(...vals.map((v) => Math.abs(v)));
+    return vals.map((v) => fmtTick(v, incr, top));
+  }
+  // Wide enough for the longest tick label (uPlot's fixed size clips "123.470M").
+  function axisSize(u, values) {
+    if (!values) return 50;
+    const longest = Math.max(0, ...values.map((v) => (v === null || v === undefined ? 0 : String(v).length)));
+    return Math.max(50, Math.ceil(longest * 7.5) + 22);
+  }
+  function fmtRate(v) {
+    if (v === null || v === undefined) return "–";
+    return v >= 1000 ? Math.round(v).toLocaleString("en-US") : v.toLocaleString("en-US", { maximumSignificantDigits: 3 });
   }
   const fmtInt = (v) => (v === null || v === undefined ? "–" : Math.round(v).toLocaleString("en-US"));
   function fmtBytes(b) {
@@ -57,7 +90,7 @@
       ],
       // The band: filled between upper (3) and lower (1).
       bands: [{ series: [3, 1], fill: "rgba(47,111,222,0.14)" }],
-      axes: [X_AXIS, { size: 70, values: (u, vals) => vals.map(fmt) }],
+      axes: [X_AXIS, { size: axisSize, values: axisValues }],
     }, [[], [], [], []], medianEl);
 
     const rateEl = $("rate-chart");
@@ -66,9 +99,11 @@
       height: 180,
       legend: { show: false },
       cursor: { drag: { x: false, y: false } },
-      scales: { x: { time: true }, y: { range: (u, min, max) => [0, Math.max(max * 1.1, 1)] } },
+      // From 0, and a quarter above the highest rate: a flat rate is a line at 80% height,
+      // not on the chart's edge; no rate yet is a line on 0 of [0, 1].
+      scales: { x: { time: true }, y: { range: (u, min, max) => [0, max > 0 ? max * 1.25 : 1] } },
       series: [{}, { label: "numbers/s", stroke: "#1f8f4e", width: 2, fill: "rgba(31,143,78,0.10)" }],
-      axes: [X_AXIS, { size: 70, values: (u, vals) => vals.map(fmtInt) }],
+      axes: [X_AXIS, { size: axisSize, values: axisValues }],
     }, [[], []], rateEl);
 
     window.addEventListener("resize", () => {
@@ -98,7 +133,11 @@
       $("median").dataset.value = "";
       return;
     }
-    setText("median", fmt(r.median));
+    const shown = fmt(r.median);
+    setText("median", shown);
+    // Smaller type for longer text, so it stays inside its card (which also wraps it).
+    $("median").classList.toggle("long", shown.length > 8);
+    $("median").classList.toggle("longer", shown.length > 11);
     $("median").dataset.value = r.median === null ? "" : String(r.median);
     setText("band", "[" + fmt(r.lower) + ", " + fmt(r.upper) + "]");
     setText("rank-bound", "±" + (r.rank_error + (r.theta || 0)).toFixed(4));
@@ -125,42 +164,80 @@
     }
   }
 
+  function fmtSeconds(s) {
+    if (s === null || s === undefined) return "–";
+    if (s < 120) return fmt(Number(s.toPrecision(3))) + " s";
+    if (s < 7200) return fmt(Number((s / 60).toPrecision(3))) + " min";
+    return fmt(Number((s / 3600).toPrecision(3))) + " h";
+  }
+
+  function renderHistogram(id, bins, label) {
+    const el = $(id);
+    el.replaceChildren();
+    const most = Math.max(1, ...bins.map((b) => b.count));
+    for (const b of bins) {
+      const bar = document.createElement("div");
+      bar.className = "bar";
+      bar.style.height = (b.count ? Math.max(2, (100 * b.count) / most) : 0) + "%";
+      bar.title = label(b.lo) + " – " + label(b.hi) + ": " + fmtInt(b.count) + (b.count === 1 ? " shard" : " shards");
+      el.appendChild(bar);
+    }
+    setText(id + "-lo", bins.length ? label(bins[0].lo) : "");
+    setText(id + "-hi", bins.length ? label(bins[bins.length - 1].hi) : "no shard yet");
+  }
+
+  function renderDistribution(id, dist, label) {
+    const cells = $(id).cells;
+    ["min", "p50", "p90", "max"].forEach((k, i) => { cells[i + 1].textContent = dist ? label(dist[k]) : "–"; });
+  }
+
   function renderShards(doc) {
+    const view = doc.shards;
+    const sum = view.summary;
+    setText("shards-known", fmtInt(sum.shards));
+    setText("shards-owned", fmtInt(sum.owned_here));
+    setText("shards-stale", fmtInt(sum.stale));
+    $("shards-stale").classList.toggle("bad", sum.stale > 0);
+    setText("shards-unknown", fmtInt(sum.unknown));
+    setText("shards-n", fmtInt(sum.n_total));
+    $("shards-n").dataset.value = String(sum.n_total);
+    setText("shards-lag", sum.lag_total === null ? "–" : fmtInt(sum.lag_total));
+    renderHistogram("hist-n", view.histograms.n, fmtInt);
+    renderHistogram("hist-age", view.histograms.age_s, fmtSeconds);
+    renderDistribution("dist-n", sum.n, fmtInt);
+    renderDistribution("dist-age", sum.age_s, fmtSeconds);
+
     const body = $("shards").tBodies[0];
     body.replaceChildren();
-    let localN = 0;
-    for (const s of doc.shards) {
-      const age = s.last_signal_ms ? doc.now_ms - s.last_signal_ms : null;
-      const stale = age !== null && age > doc.stale_after_ms;
-      localN += s.n || 0;
+    for (const s of view.worst) {
       const tr = body.insertRow();
       tr.dataset.shard = String(s.shard);
-      if (stale) tr.className = "stale";
-      if (s.rejected_by_reason) {
-        tr.title = Object.entries(s.rejected_by_reason).map(([k, v]) => k + ": " + v).join(", ");
-      }
-      const cells = [String(s.shard), fmtInt(s.n), fmt(s.median), fmtInt(s.last_offset), fmtInt(s.rejected),
-                     fmtAge(age), stale ? "stale" : (s.n === null ? "loading" : "live")];
+      if (s.status === "stale") tr.className = "stale";
+      const median = s.median ? s.median.value : null;
+      const age = s.last_snapshot_age_s === null ? null : s.last_snapshot_age_s * 1000;
+      const cells = [String(s.shard), fmtInt(s.n), fmt(median), fmtInt(s.last_offset), fmtInt(s.rejected),
+                     s.lag === null ? "–" : fmtInt(s.lag), fmtAge(age), s.status];
       cells.forEach((v, i) => {
         const td = tr.insertCell();
         td.textContent = v;
-        if (i === cells.length - 1) td.className = stale ? "bad" : "ok";
+        if (i === cells.length - 1) td.className = { stale: "bad", live: "ok" }[s.status] || "muted";
       });
     }
-    if (doc.shards.length === 0) {
+    if (view.worst.length === 0) {
       const td = body.insertRow().insertCell();
-      td.colSpan = 7;
+      td.colSpan = 8;
       td.className = "muted";
-      td.textContent = "this worker owns no shard";
+      td.textContent = doc.aggregator_hosted ? "no shard has sent a snapshot yet" : "this worker owns no shard";
     }
-    return localN;
+    return view.owned_n;
   }
 
   function render(doc) {
     setText("topic", doc.topic);
     setText("partitions", String(doc.partitions));
     setText("stale-after", (doc.stale_after_ms / 1000).toFixed(0) + " s");
-    setText("hosting", doc.aggregator_hosted ? "(also hosts the aggregator)" : "");
+    setText("hosting", doc.shards.complete ? "every shard, as this worker's aggregator sees them"
+      : "the shards this worker owns");
     renderRecord(doc);
     const localN = renderShards(doc);
 
@@ -182,7 +259,7 @@
 
     const n = doc.record ? doc.record.n : 0;
     const rate = ingestRate(doc.now_ms, n);
-    setText("rate", rate === null ? "–" : fmtInt(rate));
+    setText("rate", fmtRate(rate));
     if (rate !== null) {
       push([rates.x, rates.y], [doc.now_ms / 1000, rate], HISTORY_POINTS);
       rateChart.setData([rates.x, rates.y]);
@@ -209,5 +286,7 @@
   }
 
   makeCharts();
+  // The charts, for a console or a test to read (their drawn tick labels are on a canvas).
+  window.dmedianDashboard = Object.freeze({ charts: Object.freeze({ median: medianChart, rate: rateChart }) });
   poll();
 })();
