@@ -79,9 +79,9 @@ class Settings(BaseModel):
     web_host: str = "127.0.0.1"
     web_port: int = Field(default=6066, ge=1, le=65535)
     state_store: Literal["one-db", "per-partition"] = "one-db"
+    metrics_shard_series: int = Field(default=20, ge=-1, le=1_000_000)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
-    metrics_shard_series: int = Field(default=20, ge=-1, le=1_000_000)
     @field_validator("quantiles", mode="before")
     @classmethod
     def _split_quantiles(cls, value: Any) -> Any:
