@@ -54,6 +54,7 @@ class Settings(BaseModel):
     topic_medians: str = "medians"
     topic_dead_letters: str = "dead-letters"
     numbers_partitions: int = Field(default=8, ge=1, le=100_000)
+    shard_id_limit: int = Field(default=0, ge=0, le=1_000_000)
     replication_factor: int = Field(default=1, ge=1, le=32)
     numbers_retention_ms: int = Field(default=604_800_000, ge=-1)
 

@@ -6,16 +6,14 @@ random shards, with a publish (merged sketch + record) every publish interval's
 worth of snapshots at each given snapshot rate (capped at S snapshots per
 emission interval: a shard emits at most once per interval). Every snapshot is a
 realistic one (a KLL sketch fed about 1e6 numbers, k = 200) and goes through the
-wire format: the cost per snapshot is decode (``SketchSnapshot.from_bytes``) plus
+wire format: the cost per snapshot is decode (the ``sketches`` contract's
+``accept``: parse, key and every check, as the aggregator runs it) plus
 ``GlobalEstimator.offer``. Memory per shard is the growth of the process's RSS
 (C++ sketches included) while S shards are loaded and merged, in a fresh process.
 
-``--kafka``: one real worker; S synthetic snapshots are produced straight to its
-``sketches`` topic, and we time the first ``medians`` record that covers them all,
-then the aggregator's rate on a second wave of S newer snapshots.
+Through Kafka, with one real worker: ``scripts/bench_aggregator_kafka.py``.
 
     .venv/bin/python scripts/bench_aggregator.py
-    .venv/bin/python scripts/bench_aggregator.py --kafka --shards 10000
 """
 
 from __future__ import annotations
@@ -30,8 +28,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
-from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +38,7 @@ sys.path.insert(0, str(REPO))
 from pipeline.core.merge import GlobalEstimator  # noqa: E402
 from pipeline.core.merge_tree import MergeTreeOptions  # noqa: E402
 from pipeline.core.sketch import ShardState  # noqa: E402
+from pipeline.core.sketches_contract import SnapshotLimits, accept, shard_key  # noqa: E402
 from pipeline.core.wire import SketchSnapshot  # noqa: E402
 
 QUANTILES = (0.01, 0.1, 0.5, 0.9, 0.99)
@@ -124,6 +121,7 @@ def run_shards(
     print(f"  {'snapshots/s':>11} {'per publish':>11} {'decode':>9} {'offer':>8} {'publish':>10} "
           f"{'publish/snap':>12} {'total/snap':>13} {'merges/snap':>11} {'CPU at rate':>12}")  # fmt: skip
     offset = 1
+    limits = SnapshotLimits(shards)
     cap = shards * args.publish_ms / args.emit_ms
     for per_publish in sorted({max(1, int(min(rate * args.publish_ms / 1000, cap))) for rate in args.rates}):
         # Per publish cycle: seconds decoding, offering, publishing; the median cycle is
@@ -132,11 +130,13 @@ def run_shards(
         merges_before = estimator.merge_tree.merges
         for _ in range(args.publishes):
             offset += 1
-            batch = [wire(bases[rng.randrange(len(bases))], rng.randrange(shards), offset) for _ in range(per_publish)]
+            ids = [rng.randrange(shards) for _ in range(per_publish)]
+            batch = [(shard_key(s), wire(bases[rng.randrange(len(bases))], s, offset)) for s in ids]
             started = time.perf_counter()
-            snapshots = [SketchSnapshot.from_bytes(message) for message in batch]
+            snapshots = [accept(key, message, limits) for key, message in batch]
             decoded = time.perf_counter()
             for snapshot in snapshots:
+                assert isinstance(snapshot, SketchSnapshot)
                 estimator.offer(snapshot)
             offered = time.perf_counter()
             estimator.record(int(time.time() * 1000))
@@ -149,91 +149,6 @@ def run_shards(
               f"{decode_s / per_publish * 1e6:>7.1f}us {offer_s / per_publish * 1e6:>6.1f}us "
               f"{publish_s * 1e3:>8.1f}ms {publish_s / per_publish * 1e6:>10.1f}us "
               f"{total * 1e6:>11.1f}us {merges:>11.2f} {cpu:>11.0%}")  # fmt: skip
-
-
-def through_kafka(args: argparse.Namespace) -> None:  # noqa: PLR0915
-    from bench_pipeline import bench_environment, deploy_worker, worker_env  # noqa: PLC0415 (a sibling script, only for --kafka)
-    from confluent_kafka import Producer  # noqa: PLC0415
-
-    from pipeline.kafka.clients import producer  # noqa: PLC0415
-    from pipeline.kafka.follow import follow_medians, wait_for_record  # noqa: PLC0415
-
-    shards = args.kafka_shards
-    delta = 1000
-    bases = base_snapshots(args.distinct, args.numbers, delta, args.k)
-    wave1 = [wire(bases[s % len(bases)][0], s, 1000) for s in range(shards)]
-    wave2 = [wire(bases[s % len(bases)][1], s, 2000) for s in range(shards)]
-    n1 = sum(bases[s % len(bases)][0].n for s in range(shards))
-    n2 = n1 + delta * shards
-    with ExitStack() as stack:
-        tmp, bootstrap = bench_environment(stack, "dmedian-aggbench-")
-        run = f"aggbench-{uuid.uuid4().hex[:8]}"
-        env = worker_env(bootstrap, run, tmp, {"numbers_partitions": "1"}
-                         | dict(item.split("=", 1) for item in args.set))  # fmt: skip
-        settings, worker = deploy_worker(stack, env, tmp / "worker.log")
-        client = producer(settings, linger_ms=5)
-        print(f"broker {bootstrap}; {shards:,} synthetic snapshots per wave, "
-              f"{sum(map(len, wave1)) / 1e6:.1f} MB; worker pid {worker.pid}; settings {args.set}")  # fmt: skip
-
-        def produce(client: Producer, messages: list[bytes], first_shard: int = 0) -> float:
-            started = time.monotonic()
-            for shard, message in enumerate(messages, start=first_shard):
-                while True:
-                    try:
-                        client.produce(settings.topic_sketches, value=message, key=str(shard).encode())
-                        break
-                    except BufferError:
-                        client.poll(0.05)
-                client.poll(0)
-            if client.flush(120):
-                raise SystemExit("snapshots not delivered")
-            return time.monotonic() - started
-
-        # Warm-up: the worker is ready once a snapshot comes out as a record (wave 1 replaces it).
-        produce(client, [wire(bases[0][0], 0, 0)])
-        if wait_for_record(settings, lambda r: r.shards >= 1, 120, lambda: worker.poll() is not None) is None:
-            raise SystemExit(f"worker did not start; see {tmp / 'worker.log'}")
-        rss_before = rss_bytes(worker.pid)
-
-        started = time.monotonic()
-        produced_in = produce(client, wave1)
-        record = wait_for_record(settings, lambda r: r.shards == shards and r.n == n1, 240,
-                                 lambda: worker.poll() is not None)  # fmt: skip
-        latency = time.monotonic() - started
-        if record is None or (record.shards, record.n) != (shards, n1):
-            raise SystemExit(f"wave 1 incomplete: {record}; see {tmp / 'worker.log'}")
-        rss_growth = rss_bytes(worker.pid) - rss_before
-        print(
-            f"wave 1: produced in {produced_in:.2f} s; record with shards={record.shards:,} n={record.n:,} "
-            f"{latency:.2f} s after the first snapshot was sent ({latency - produced_in:.2f} s after the last)"
-        )
-        print(f"  worker RSS growth {rss_growth / shards:,.0f} B/shard (aggregator table, estimator, tree)")
-
-        # Wave 2: every shard `delta` numbers further; a record's n tells how many snapshots it reflects.
-        progress: list[tuple[float, int]] = []
-        follower = follow_medians(settings, poll_s=0.05)
-        next(follower)  # the latest record, or None: the follower is positioned before we produce
-        started = time.monotonic()
-        produced_in = produce(client, wave2)
-        deadline = started + 240
-        for update in follower:
-            now = time.monotonic()
-            if update is not None and update.n > n1:
-                progress.append((now - started, (update.n - n1) // delta))
-                if update.n == n2:
-                    break
-            if now > deadline or worker.poll() is not None:
-                raise SystemExit(f"wave 2 incomplete: {progress[-1:]}; see {tmp / 'worker.log'}")
-        del follower  # closes its consumer (the generator is finalised at once)
-        done_s, _ = progress[-1]
-        first_s, first_count = progress[0]
-        steady = (shards - first_count) / max(done_s - first_s, 1e-3)
-        print(f"wave 2: produced in {produced_in:.2f} s; all {shards:,} newer snapshots in a record after "
-              f"{done_s:.2f} s ({done_s - produced_in:.2f} s after the last was sent): "
-              f"{shards / done_s:,.0f} snapshots/s end to end, {steady:,.0f} snapshots/s between the first "
-              f"and the last record of the wave ({len(progress)} records)")  # fmt: skip
-        # The producer must go before the broker does, or librdkafka keeps reconnecting to it.
-        del client
 
 
 def main() -> None:
@@ -249,10 +164,6 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=200)
     parser.add_argument("--leaf-fanout", type=int, default=MergeTreeOptions().leaf_fanout)
     parser.add_argument("--node-fanout", type=int, default=MergeTreeOptions().node_fanout)
-    parser.add_argument("--kafka", action="store_true", help="also run through Kafka with one real worker")
-    parser.add_argument("--kafka-shards", type=int, default=10_000, help="shards for --kafka")
-    parser.add_argument("--kafka-only", action="store_true", help="skip the in-process measurements")
-    parser.add_argument("--set", action="append", default=[], metavar="SETTING=VALUE", help="a worker setting")
     parser.add_argument("--memory-probe", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--bases-file", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -262,11 +173,7 @@ def main() -> None:
         print(memory_per_shard(args.memory_probe, bases, options, args.k))
         return
     print(f"Python {sys.version.split()[0]}, {os.cpu_count()} cores, one core used in-process")
-    if not args.kafka_only:
-        in_process(args, options)
-    if args.kafka or args.kafka_only:
-        print()
-        through_kafka(args)
+    in_process(args, options)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,11 @@
 """The aggregator agent: merges the latest snapshot of every shard and publishes.
 
 ``sketches`` has one partition, so exactly one worker hosts the aggregator.
+With batch delivery (the default) the agent gets one event per fetched batch of
+``sketches`` records, not one per record: Faust's per-record path, not the
+merge, was the aggregator's ceiling (DESIGN.md section 7). Every record goes
+through the topic's contract (:func:`~pipeline.core.sketches_contract.accept`),
+the same check as the rebuild's.
 ``sketches`` is compacted and keyed by shard: read to its end it holds every
 shard's latest snapshot, so it is the aggregator's changelog. A worker that
 takes the aggregator over rebuilds from it (in a thread, before its first
@@ -14,28 +19,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
-from faust.types import AppT, EventT, StreamT, TopicT
+from faust.types import AppT, StreamT, TopicT
 from faust.types.tuples import TP
 
 from config import Settings
 from pipeline.app.dead_letters import DeadLetterSink
-from pipeline.app.shards import shard_key
 from pipeline.core.budget import ShardLiveness
 from pipeline.core.emission import EmissionState, IntervalRule
 from pipeline.core.merge import GlobalEstimator
-from pipeline.core.snapshot_checks import SnapshotLimits, check_sketches_message
-from pipeline.core.wire import (
-    DeadLetter,
-    MedianRecord,
-    ShardProgress,
-    SnapshotError,
-    parse_sketches_value,
-    progress_key,
-)
+from pipeline.core.sketches_contract import SnapshotLimits, Tombstone, accept
+from pipeline.core.wire import DeadLetter, MedianRecord, ShardProgress, SnapshotError
 from pipeline.kafka.sketches_log import SketchesLog, read_sketches_log
+from pipeline.transport import RawBatch
 
 __all__ = ["MEDIAN_KEY", "AggregatorService"]
 
@@ -119,48 +117,53 @@ class AggregatorService:
 
     async def _run(self, stream: StreamT[Any]) -> AsyncIterator[None]:
         async for event in stream.events():
-            await self._take(event)
+            message = event.message
+            batch = message.value
+            if isinstance(batch, RawBatch):  # batch delivery: every record of one fetch
+                await self._take(message.topic, message.partition, batch.offsets, batch.keys, batch.values)
+            else:
+                await self._take(message.topic, message.partition, [message.offset], [message.key], [batch])
+            # Once per event: a batch's urgent snapshots share one record, not one each.
             await self._publish_if_due()
             yield None
 
-    async def _take(self, event: EventT[Any]) -> None:
-        key, value = event.message.key, event.message.value
+    async def _take(
+        self,
+        topic: str,
+        partition: int,
+        offsets: Sequence[int],
+        keys: Sequence[bytes | None],
+        values: Sequence[bytes | None],
+    ) -> None:
         estimator = await self._ready()
-        if value is None:
-            # A tombstone retires a shard: its numbers leave the estimate.
-            shard = _shard_of(key)
-            if key is not None and shard is not None:
-                estimator.forget(shard)
-                self._liveness.forget(shard)
-                self._changed()
-            return
-        try:
-            message = parse_sketches_value(value)
-            expected = progress_key(message.shard) if isinstance(message, ShardProgress) else shard_key(message.shard)
-            if key != expected:
-                raise SnapshotError("key_mismatch", f"key {key!r} does not name shard {message.shard}")
-            # Well-formed is not enough: a forged shard id, count or sketch must not reach the estimate.
-            limits = SnapshotLimits(self.shard_limit(), self._settings.max_value_bytes, self._settings.accept_infinity)
-            check_sketches_message(message, limits)
-        except SnapshotError as exc:
-            await self._reject(event, exc)
-            return
-        if isinstance(message, ShardProgress):
-            self._liveness.note_progress(message)
-            return
-        self._liveness.note_snapshot(message)
-        if estimator.offer(message):
-            self._changed()
-            # A budget snapshot resets what the shard vouches for: publish it at once.
-            self._urgent = self._urgent or message.urgent
+        # Well-formed is not enough: a forged key, shard id, count or sketch must not reach the estimate.
+        limits = SnapshotLimits(self.shard_limit(), self._settings.max_value_bytes, self._settings.accept_infinity)
+        for offset, key, value in zip(offsets, keys, values, strict=True):
+            try:
+                message = accept(key, value, limits)
+            except SnapshotError as exc:
+                letter = DeadLetter(f"snapshot_{exc.reason}", exc.detail, topic, partition, offset, value)
+                await self._reject(letter, key)
+                continue
+            if isinstance(message, Tombstone):
+                # A tombstone retires a shard: its numbers leave the estimate (one of a
+                # progress key only drops a heartbeat, which no record counts apart).
+                if not message.progress:
+                    estimator.forget(message.shard)
+                    self._liveness.forget(message.shard)
+                    self._changed()
+            elif isinstance(message, ShardProgress):
+                self._liveness.note_progress(message)
+            else:
+                self._liveness.note_snapshot(message)
+                if estimator.offer(message):
+                    self._changed()
+                    # A budget snapshot resets what the shard vouches for: publish it at once.
+                    self._urgent = self._urgent or message.urgent
 
-    async def _reject(self, event: EventT[Any], exc: SnapshotError) -> None:
-        message = event.message
-        letter = DeadLetter(
-            f"snapshot_{exc.reason}", exc.detail, message.topic, message.partition, message.offset, message.value
-        )
-        logger.warning("rejected snapshot at offset %d: %s", message.offset, exc)
-        await self._dead_letters.send(letter, message.key)
+    async def _reject(self, letter: DeadLetter, key: bytes | None) -> None:
+        logger.warning("rejected snapshot at offset %d: %s: %s", letter.offset, letter.reason, letter.detail)
+        await self._dead_letters.send(letter, key)
 
     def _changed(self) -> None:
         self._changes += 1
@@ -253,9 +256,3 @@ class AggregatorService:
             self._estimator = None
             self._rebuild = None
 
-
-def _shard_of(key: bytes | None) -> int | None:
-    try:
-        return int(key) if key is not None else None
-    except ValueError:
-        return None

@@ -27,17 +27,13 @@ from pipeline.core.codec import CodecOptions
 from pipeline.core.emission import EmissionState, ShardEmissionRule
 from pipeline.core.ingest import RecordBatch, ingest_batch, rejection_counts
 from pipeline.core.sketch import ShardState
-from pipeline.core.wire import DeadLetter, MedianRecord, ShardProgress, SketchSnapshot, progress_key
+from pipeline.core.sketches_contract import progress_key, shard_key
+from pipeline.core.wire import DeadLetter, MedianRecord, ShardProgress, SketchSnapshot
 from pipeline.transport import resume_from_state
 
 __all__ = ["ShardService", "shard_key"]
 
 logger = logging.getLogger(__name__)
-
-
-def shard_key(shard: int) -> bytes:
-    """The key of a shard in the state table and on the ``sketches`` topic."""
-    return str(shard).encode("ascii")
 
 
 def _now_ms() -> int:

@@ -21,6 +21,7 @@ import datasketches
 
 from pipeline.core.merge_tree import MergeTree, MergeTreeOptions
 from pipeline.core.sketch import quantile_band
+from pipeline.core.sketches_contract import newer_than
 from pipeline.core.wire import MedianRecord, QuantileEstimate, SketchSnapshot
 
 __all__ = ["GlobalEstimator", "ShardView"]
@@ -53,6 +54,7 @@ class GlobalEstimator:
         self._shards: dict[int, ShardView] = {}
         self._tree = MergeTree(k, tree)
         self._n = 0  # the running sum of the held snapshots' counts
+        self._rejected = 0  # and of their rejected counts: a record costs no pass over every shard
 
     @property
     def shard_count(self) -> int:
@@ -76,18 +78,17 @@ class GlobalEstimator:
     def offer(self, snapshot: SketchSnapshot) -> bool:
         """Take a snapshot if it is newer than the one held; return whether it was taken.
 
-        Snapshots of one shard can arrive out of order after a rebalance (the old
-        owner's last snapshot may land after the new owner's first). A shard's
-        offset only grows, so the higher ``last_offset`` is the newer state. A
-        snapshot of the state already held is not taken either: re-merging the same
-        sketches would only publish a record that differs by the merge's randomness.
+        Newer is the ``sketches`` contract's rule (:func:`~pipeline.core.sketches_contract.newer_than`):
+        snapshots of a shard can arrive out of order after a rebalance, and one of
+        the state already held is not taken either.
         """
         held = self._shards.get(snapshot.shard)
-        if held is not None and (snapshot.last_offset, snapshot.n) <= (held.snapshot.last_offset, held.snapshot.n):
+        if not newer_than(snapshot, held.snapshot if held is not None else None):
             logger.debug("dropping stale snapshot of shard %d at offset %d", snapshot.shard, snapshot.last_offset)
             return False
         self._shards[snapshot.shard] = ShardView(snapshot)
         self._n += snapshot.n - (held.snapshot.n if held is not None else 0)
+        self._rejected += snapshot.rejected - (held.snapshot.rejected if held is not None else 0)
         self._tree.update(snapshot.shard, snapshot.sketch_bytes)
         return True
 
@@ -96,6 +97,7 @@ class GlobalEstimator:
         held = self._shards.pop(shard, None)
         if held is not None:
             self._n -= held.snapshot.n
+            self._rejected -= held.snapshot.rejected
             self._tree.remove(shard)
 
     def merged_sketch(self) -> datasketches.kll_doubles_sketch:
@@ -135,7 +137,7 @@ class GlobalEstimator:
             rank_error=error,
             quantiles=quantiles,
             ts=ts,
-            rejected=sum(view.snapshot.rejected for view in self._shards.values()),
+            rejected=self._rejected,
             theta=theta,
             pending=pending,
             stale_shards=stale_shards,

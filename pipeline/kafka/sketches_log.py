@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
 from config import Settings
-from pipeline.core.snapshot_checks import SnapshotLimits, check_sketches_message
-from pipeline.core.wire import ShardProgress, SketchSnapshot, SnapshotError, parse_sketches_value
-from pipeline.kafka.clients import consumer, watermarks
+from pipeline.core.sketches_contract import SnapshotLimits, Tombstone, accept, newer_than
+from pipeline.core.wire import ShardProgress, SketchSnapshot, SnapshotError
+from pipeline.kafka.clients import consumer, retrying, watermarks
 
 __all__ = ["SketchesLog", "read_sketches_log"]
 
@@ -46,16 +46,18 @@ class SketchesLog:
 def read_sketches_log(settings: Settings, timeout_s: float = 60.0, shard_limit: int | None = None) -> SketchesLog:
     """Read ``sketches`` from its beginning to its current end (blocking; run it in a thread).
 
-    With ``shard_limit`` (the input topic's partition count) the aggregator's
-    context checks run too, so a rebuild skips the forgeries its agent rejected.
+    Every record goes through the topic's contract (:func:`~pipeline.core.sketches_contract.accept`),
+    the aggregator agent's own check, so a rebuild skips exactly the records its
+    agent rejected. ``shard_limit`` is the input topic's partition count; without
+    it, the cluster's (or ``numbers_partitions`` or ``shard_id_limit``, if larger) is used.
     """
-    limits = None
-    if shard_limit is not None:
-        limits = SnapshotLimits(shard_limit, settings.max_value_bytes, settings.accept_infinity)
     started = time.monotonic()
     log = SketchesLog()
     client = consumer(settings, f"{settings.app_id}-rebuild-{uuid.uuid4().hex[:8]}")
     try:
+        if shard_limit is None:
+            shard_limit = _input_partitions(client, settings, timeout_s)
+        limits = SnapshotLimits(shard_limit, settings.max_value_bytes, settings.accept_infinity)
         tp = TopicPartition(settings.topic_sketches, 0, OFFSET_BEGINNING)
         low, high = watermarks(client, tp, timeout_s)
         log.end_offset = high
@@ -68,7 +70,15 @@ def read_sketches_log(settings: Settings, timeout_s: float = 60.0, shard_limit: 
     return log
 
 
-def _read_until(client: Consumer, high: int, log: SketchesLog, deadline: float, limits: SnapshotLimits | None) -> None:
+def _input_partitions(client: Consumer, settings: Settings, timeout_s: float) -> int:
+    # All topics' metadata: asking for one topic's would auto-create it on some brokers.
+    metadata = retrying(lambda: client.list_topics(timeout=min(timeout_s, 30.0)), timeout_s)
+    topic = metadata.topics.get(settings.topic_numbers)
+    found = len(topic.partitions) if topic is not None and topic.error is None else 0
+    return max(found, settings.numbers_partitions, settings.shard_id_limit)
+
+
+def _read_until(client: Consumer, high: int, log: SketchesLog, deadline: float, limits: SnapshotLimits) -> None:
     while True:
         if time.monotonic() > deadline:
             raise TimeoutError(f"sketches: read {log.records_read} records, not at offset {high} yet")
@@ -85,22 +95,20 @@ def _read_until(client: Consumer, high: int, log: SketchesLog, deadline: float, 
                 return
 
 
-def _apply(key: bytes | None, value: bytes | None, log: SketchesLog, limits: SnapshotLimits | None) -> None:
-    if value is None:
-        if key is not None and key.isdigit():  # a retired shard (heartbeat keys are not digits)
-            log.snapshots.pop(int(key), None)
-            log.progress.pop(int(key), None)
-        return
+def _apply(key: bytes | None, value: bytes | None, log: SketchesLog, limits: SnapshotLimits) -> None:
     try:
-        message = parse_sketches_value(value)
-        if limits is not None:
-            check_sketches_message(message, limits)
+        message = accept(key, value, limits)
     except SnapshotError:
         log.unreadable += 1
         return
-    if isinstance(message, ShardProgress):
+    if isinstance(message, Tombstone):
+        if not message.progress:  # a retired shard
+            log.snapshots.pop(message.shard, None)
+        log.progress.pop(message.shard, None)
+    elif isinstance(message, ShardProgress):
         log.progress[message.shard] = message
-        return
-    held = log.snapshots.get(message.shard)
-    if held is None or (message.last_offset, message.n) >= (held.last_offset, held.n):
-        log.snapshots[message.shard] = message
+    else:
+        held = log.snapshots.get(message.shard)
+        # Not older than the one held: an equal state replaces it too (its ts is the later sign of life).
+        if held is None or not newer_than(held, message):
+            log.snapshots[message.shard] = message

@@ -82,6 +82,17 @@ def test_rejections_are_summed_over_shards() -> None:
     assert estimator.record(ts=1).rejected == 7
 
 
+def test_rejections_follow_the_held_snapshots_through_replacement_and_retirement() -> None:
+    estimator = GlobalEstimator(K, (0.5,))
+    estimator.offer(snapshot(0, [1.0], offset=5, rejected=3))
+    estimator.offer(snapshot(1, [2.0], rejected=4))
+    estimator.offer(snapshot(0, [1.0, 2.0], offset=6, rejected=5))  # the shard's count, not an increment
+    assert not estimator.offer(snapshot(0, [1.0], offset=4, rejected=90))  # older: not taken, not counted
+    assert estimator.record(ts=1).rejected == 9
+    estimator.forget(1)
+    assert estimator.record(ts=2).rejected == 5
+
+
 def test_older_snapshot_does_not_replace_a_newer_one() -> None:
     estimator = GlobalEstimator(K, (0.5,))
     assert estimator.offer(snapshot(0, np.arange(100), offset=500))

@@ -25,7 +25,6 @@ from pipeline.core.wire import (
     SketchSnapshot,
     SnapshotError,
     parse_sketches_value,
-    progress_key,
     quantile_key,
 )
 
@@ -203,7 +202,6 @@ def test_progress_round_trips_and_states_what_is_pending() -> None:
     assert ShardProgress.from_bytes(data) == PROGRESS
     assert parse_sketches_value(data) == PROGRESS
     assert PROGRESS.pending == 250_000
-    assert progress_key(3) == b"3.progress" != str(PROGRESS.shard).encode()
 
 
 def test_progress_is_a_header_only_envelope_of_about_a_hundred_bytes() -> None:
