@@ -4,6 +4,12 @@ Per batch of events: group by partition, apply each partition's records through
 the ingestion seam, write that shard's state to the table once, dead-letter
 what was rejected, and send a snapshot when the emission rule says so. A timer
 sends the snapshots the rule held back, so the last change always goes out.
+
+The timer's cost follows change, not the shards owned (:mod:`pipeline.core.deadlines`):
+each shard keeps the deadline its rule gives (idle flush, heartbeat) and a tick
+looks only at the due ones; a newer ``medians`` record is re-checked only by the
+shards with unsent numbers (the others take it when next looked at); a newly
+assigned shard's restored state is announced a bounded number of shards per tick.
 """
 
 from __future__ import annotations
@@ -11,8 +17,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any
 
 from faust.types import AppT, EventT, StreamT, TableT, TopicT
@@ -24,6 +31,7 @@ from pipeline.app.event_context import bound_to_event
 from pipeline.app.global_view import MediansFollower
 from pipeline.core.budget import GlobalView
 from pipeline.core.codec import CodecOptions
+from pipeline.core.deadlines import FlushSchedule
 from pipeline.core.emission import EmissionState, ShardEmissionRule
 from pipeline.core.ingest import RecordBatch, ingest_batch, rejection_counts
 from pipeline.core.sketch import ShardState
@@ -36,6 +44,11 @@ __all__ = ["ShardService", "shard_key"]
 logger = logging.getLogger(__name__)
 
 
+# Announcements (and due shards) one tick takes on: a takeover of thousands of shards
+# spreads over ticks instead of stalling the event loop in one.
+PER_TICK = 200
+
+
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -46,6 +59,8 @@ class _Slot:
 
     emission: EmissionState
     state: ShardState | None = None
+    view_seen: int = -1
+    """The ``medians`` records read when :attr:`emission` last took the latest one."""
 
 
 class ShardService:
@@ -60,6 +75,7 @@ class ShardService:
         dead_letters: DeadLetterSink,
         rule: ShardEmissionRule,
         follower: MediansFollower,
+        clock: Callable[[], int] = _now_ms,
     ) -> None:
         self._app = app
         self._settings = settings
@@ -68,7 +84,10 @@ class ShardService:
         self._dead_letters = dead_letters
         self._rule = rule
         self._follower = follower
+        self._clock = clock
         self._records_seen = 0
+        self._view: GlobalView | None = None
+        self._schedule = FlushSchedule(PER_TICK)
         self._send_lock = asyncio.Lock()
         self._codec = CodecOptions(settings.accept_infinity, settings.max_value_bytes)
         self._slots: dict[int, _Slot] = {}
@@ -100,8 +119,17 @@ class ShardService:
 
     def _resume_offset(self, tp: TP) -> int | None:
         # The offset after the last record the stored state applied: the source of truth.
+        # Once per assigned partition per rebalance, after recovery. A newly assigned
+        # shard keeps the state read here, so its announcement reads nothing again.
         stored = self._table.get(shard_key(tp.partition)) if tp.topic == self._numbers_topic else None
-        return ShardState.from_bytes(stored).last_offset + 1 if stored else None
+        if not stored:
+            return None
+        state = ShardState.from_bytes(stored)
+        slot = self._slots.get(tp.partition)
+        if slot is not None and slot.state is None:
+            slot.state = state
+            slot.emission.observe(state.n, state.last_offset, now_ms=self._clock())
+        return state.last_offset + 1
 
     @property
     def owned(self) -> list[int]:
@@ -150,14 +178,26 @@ class ShardService:
     def _slot(self, shard: int) -> _Slot:
         slot = self._slots.get(shard)
         if slot is None:
+            # It takes the latest record when first looked at (_take_view).
             slot = self._slots[shard] = _Slot(self._rule.new_state())
-            slot.emission.see(self._view)
         return slot
 
-    @property
-    def _view(self) -> GlobalView | None:
-        latest = self._follower.latest
-        return GlobalView.from_record(latest) if latest is not None else None
+    def _latest_view(self) -> int:
+        # O(1): a newer record is only noted here; the shards take it lazily.
+        read = self._follower.records_read
+        if read != self._records_seen:
+            self._records_seen = read
+            latest = self._follower.latest
+            self._view = GlobalView.from_record(latest) if latest is not None else None
+            self._schedule.new_record()
+        return read
+
+    def _take_view(self, slot: _Slot) -> None:
+        # Before any check: the newest record this worker read, if the shard has not taken it yet.
+        seen = self._latest_view()
+        if slot.view_seen != seen:
+            slot.emission.see(self._view)
+            slot.view_seen = seen
 
     async def _apply(self, partition: int, batch: RecordBatch, last_event: EventT[Any]) -> None:
         with bound_to_event(last_event):
@@ -177,7 +217,7 @@ class ShardService:
                 tuple((bad.index, bad.reason.value) for bad in rejection.bad_elements),
             )
             await self._dead_letters.send(letter, record.key, rejection_counts(rejection))
-        now_ms = _now_ms()
+        now_ms = self._clock()
         slot = self._slot(partition)
         slot.emission.observe(state.n, state.last_offset, result.accepted_values, now_ms)
         await self._maybe_emit(partition, slot, now_ms)
@@ -191,68 +231,80 @@ class ShardService:
             )
             logger.info("shard %d: loaded state n=%d last_offset=%d", partition, slot.state.n, slot.state.last_offset)
             slot.emission.observe(slot.state.n, slot.state.last_offset)
+            self._schedule.announced(partition)
         return slot.state
 
     async def _maybe_emit(self, shard: int, slot: _Slot, now_ms: int) -> None:
         state, emission = slot.state, slot.emission
         if state is None:
             return
+        self._take_view(slot)
         # Each message is made and marked sent before the send's await: the agent and
         # the flush timer run concurrently, and a state that changes during the await
         # must stay unsent, not be marked sent. The lock keeps a shard's messages in order.
+        message: tuple[bytes, bytes] | None = None
         if self._rule.should_emit(emission, now_ms):
-            key, payload = (
+            message = (
                 shard_key(shard),
                 SketchSnapshot.from_state(state, now_ms, self._rule.urgent(emission)).to_bytes(),
             )
             emission.mark_emitted(now_ms, state.sketch)
+            size = len(message[1])
             self.snapshots_sent += 1
-            self.snapshot_bytes_sent += len(payload)
+            self.snapshot_bytes_sent += size
             self.snapshots_sent_by_shard[shard] = self.snapshots_sent_by_shard.get(shard, 0) + 1
-            self.snapshot_bytes_by_shard[shard] = self.snapshot_bytes_by_shard.get(shard, 0) + len(payload)
+            self.snapshot_bytes_by_shard[shard] = self.snapshot_bytes_by_shard.get(shard, 0) + size
             self.last_snapshot_ms_by_shard[shard] = now_ms
         elif self._rule.should_heartbeat(emission, now_ms):
             # Header only: "alive, ingested this far"; silence then means a dead shard.
             progress = ShardProgress(shard, max(emission.emitted_n, 0), state.n, state.last_offset, now_ms)
-            key, payload = progress_key(shard), progress.to_bytes()
+            message = (progress_key(shard), progress.to_bytes())
             emission.mark_heartbeat(now_ms)
             self.heartbeats_sent += 1
-        else:
+        # When to look again without new input (a batch or a newer record looks sooner).
+        self._schedule.touched(shard, self._rule.next_due_ms(emission), emission.changed)
+        if message is None:
             return
         async with self._send_lock:
-            await self._sketches.send(key=key, value=payload)
+            await self._sketches.send(key=message[0], value=message[1])
 
     async def _flush(self) -> None:
         if self._app.rebalancing or getattr(self._app, "in_recovery", False):
             return
-        now_ms = _now_ms()
-        if self._follower.records_read != self._records_seen:
-            # A newer global record: each shard checks its budget against it.
-            self._records_seen = self._follower.records_read
-            view = self._view
-            for slot in self._slots.values():
-                slot.emission.see(view)
-        for shard, slot in list(self._slots.items()):
-            if slot.state is None:
-                # Newly assigned: announce its restored state once, so the aggregator
-                # has it even if no new number ever arrives on this shard.
-                stored = self._table.get(shard_key(shard))
-                if not stored:
-                    continue
+        now_ms = self._clock()
+        # A newer record is re-checked by the shards with unsent numbers only: a shard
+        # with nothing unsent cannot be over budget, and takes the record when next looked at.
+        self._latest_view()
+        plan = self._schedule.plan(now_ms)
+        for shard in plan.announce:
+            slot = self._slots.get(shard)
+            if slot is None or slot.state is not None:
+                continue
+            # Newly assigned: announce its restored state once, so the aggregator has it
+            # even if no new number ever arrives on this shard. None stored: an empty
+            # shard, loaded by its first batch.
+            stored = self._table.get(shard_key(shard))
+            if stored:
                 slot.state = ShardState.from_bytes(stored)
                 slot.emission.observe(slot.state.n, slot.state.last_offset, now_ms=now_ms)
-            await self._maybe_emit(shard, slot, now_ms)
+        for shard in chain(plan.recheck, plan.announce, plan.due):
+            slot = self._slots.get(shard)
+            if slot is not None:
+                await self._maybe_emit(shard, slot, now_ms)
 
     async def _on_assigned(self, _sender: AppT, assigned: set[TP], **_kwargs: Any) -> None:
+        # The full assignment: only shards new to this worker are read and announced.
         for tp in assigned:
-            if tp.topic == self._numbers_topic:
+            if tp.topic == self._numbers_topic and tp.partition not in self._slots:
                 self._slot(tp.partition)
+                self._schedule.assigned(tp.partition)
 
     async def _on_revoked(self, _sender: AppT, revoked: set[TP], **_kwargs: Any) -> None:
         # Another worker may own these next; our cached state would go stale.
         for tp in revoked:
             if tp.topic == self._numbers_topic:
                 self._slots.pop(tp.partition, None)
+                self._schedule.revoked(tp.partition)
 
 
 def _by_partition(events: Sequence[EventT[Any]]) -> dict[int, list[EventT[Any]]]:

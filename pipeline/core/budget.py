@@ -28,8 +28,8 @@ both sides. A value outside the grid, or a shard with no grid yet, gives the
 trivial bounds 0 and U_i, so the shard sends a snapshot unless U_i is tiny.
 
 This module holds the pure parts: :class:`GlobalView` (what a shard knows of the
-latest record), :class:`BudgetTracker` (the counts, one numpy pass per batch) and
-:class:`ShardLiveness` (what the aggregator knows of the shards' progress messages).
+latest record) and :class:`BudgetTracker` (the counts, one numpy pass per batch);
+what the aggregator knows of the shards' progress messages is in :mod:`pipeline.core.liveness`.
 The rules that use them are in :mod:`pipeline.core.emission`.
 """
 
@@ -43,7 +43,8 @@ import datasketches
 import numpy as np
 import numpy.typing as npt
 
-from pipeline.core.wire import MedianRecord, ShardProgress, SketchSnapshot
+from pipeline.core.liveness import ShardLiveness  # moved; re-exported for existing imports
+from pipeline.core.wire import MedianRecord
 
 __all__ = ["BudgetTracker", "GlobalView", "GridOptions", "ShardLiveness"]
 
@@ -221,53 +222,3 @@ class BudgetTracker:
         """Whether the unsent numbers may have moved a tracked quantile by more than this shard's share
         (and a snapshot would help: none went out since the latest record arrived)."""
         return self.view is not None and not self.answered and self.worst_deviation() > self.allowance()
-
-
-@dataclass
-class _ShardSeen:
-    """The aggregator's notes on one shard."""
-
-    reflected_n: int = 0
-    reflected_offset: int = -1
-    ingested: int = 0
-    ingested_offset: int = -1
-    last_seen_ms: int = 0
-
-
-class ShardLiveness:
-    """The aggregator's view of the shards' progress: numbers not yet reflected, and silent shards.
-
-    Fed with every snapshot and progress message read from ``sketches``. A shard
-    sends at least one of them every heartbeat, so a shard silent for longer is stale.
-    """
-
-    def __init__(self) -> None:
-        self._shards: dict[int, _ShardSeen] = {}
-
-    def note_snapshot(self, snapshot: SketchSnapshot) -> None:
-        """A snapshot reflects everything its shard ingested up to its offset."""
-        seen = self._shards.setdefault(snapshot.shard, _ShardSeen())
-        if snapshot.last_offset >= seen.reflected_offset:
-            seen.reflected_n, seen.reflected_offset = snapshot.n, snapshot.last_offset
-        if snapshot.last_offset >= seen.ingested_offset:
-            seen.ingested, seen.ingested_offset = snapshot.n, snapshot.last_offset
-        seen.last_seen_ms = max(seen.last_seen_ms, snapshot.ts)
-
-    def note_progress(self, progress: ShardProgress) -> None:
-        """A heartbeat: how far the shard has ingested, beyond its last snapshot."""
-        seen = self._shards.setdefault(progress.shard, _ShardSeen())
-        if progress.last_offset >= seen.ingested_offset:
-            seen.ingested, seen.ingested_offset = progress.ingested, progress.last_offset
-        seen.last_seen_ms = max(seen.last_seen_ms, progress.ts)
-
-    def forget(self, shard: int) -> None:
-        """Drop a retired shard."""
-        self._shards.pop(shard, None)
-
-    def pending(self) -> int:
-        """Numbers the shards reported ingesting that no snapshot held reflects yet."""
-        return sum(max(seen.ingested - seen.reflected_n, 0) for seen in self._shards.values())
-
-    def stale(self, now_ms: int, max_age_ms: int) -> list[int]:
-        """Shards not heard from (snapshot or heartbeat) for longer than ``max_age_ms``, by id."""
-        return sorted(shard for shard, seen in self._shards.items() if now_ms - seen.last_seen_ms > max_age_ms)

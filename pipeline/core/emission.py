@@ -23,7 +23,8 @@ The shard side, per batch and per tick::
     if rule.should_emit(state, now_ms):     send SketchSnapshot.from_state(shard, now_ms, rule.urgent(state))
                                              state.mark_emitted(now_ms, shard.sketch)
     elif rule.should_heartbeat(state, now_ms): send a ShardProgress; state.mark_heartbeat(now_ms)
-    # on every record read from ``medians``:  state.see(GlobalView.from_record(record))
+    due = rule.next_due_ms(state)           # look again then (or on the next batch, or record)
+    # on a newer record from ``medians``, before the next check:  state.see(GlobalView.from_record(record))
 
 A snapshot resets what the budget counts. Under the budget rule every snapshot is
 *urgent*: it asks the aggregator to publish at once, because until a record
@@ -132,6 +133,20 @@ def _heartbeat_due(state: EmissionState, now_ms: int, heartbeat_ms: int | None) 
     return heartbeat_ms is not None and now_ms - state.last_signal_ms >= heartbeat_ms
 
 
+def _earliest(*deadlines: int | None) -> int | None:
+    present = [deadline for deadline in deadlines if deadline is not None]
+    return min(present) if present else None
+
+
+def _idle_deadline(state: EmissionState, idle_ms: int | None) -> int | None:
+    # When _idle_flush turns true if nothing else happens (it never does with nothing unsent).
+    return state.last_change_ms + idle_ms if idle_ms is not None and state.changed else None
+
+
+def _heartbeat_deadline(state: EmissionState, heartbeat_ms: int | None) -> int | None:
+    return state.last_signal_ms + heartbeat_ms if heartbeat_ms is not None else None
+
+
 class EmissionRule(Protocol):
     """Decides whether to send now."""
 
@@ -154,6 +169,15 @@ class ShardEmissionRule(EmissionRule, Protocol):
     def urgent(self, state: EmissionState) -> bool:
         """Whether the snapshot about to be sent should make the aggregator publish at once
         (ask before :meth:`EmissionState.mark_emitted`, which resets the counts)."""
+        ...  # pragma: no cover
+
+    def next_due_ms(self, state: EmissionState) -> int | None:
+        """The earliest time :meth:`should_emit` or :meth:`should_heartbeat` may turn true by time alone.
+
+        Before it, both stay false unless the state changes (new numbers, a newer record,
+        a send). None: time alone never makes either true. The shard service keeps this
+        deadline per shard and looks at a shard on its timer only once it is due.
+        """
         ...  # pragma: no cover
 
 
@@ -193,6 +217,11 @@ class IntervalRule(_WithoutBudget):
         """See :class:`EmissionRule`."""
         return state.changed and now_ms - state.last_emit_ms >= self.interval_ms
 
+    def next_due_ms(self, state: EmissionState) -> int | None:
+        """See :class:`ShardEmissionRule`."""
+        interval = state.last_emit_ms + self.interval_ms if state.changed else None
+        return _earliest(interval, _heartbeat_deadline(state, self.heartbeat_ms))
+
 
 @dataclass(frozen=True)
 class GeometricRule(_WithoutBudget):
@@ -219,6 +248,10 @@ class GeometricRule(_WithoutBudget):
         return state.changed and (
             _first_data(state) or state.n >= self.growth * state.emitted_n or _idle_flush(state, now_ms, self.idle_ms)
         )
+
+    def next_due_ms(self, state: EmissionState) -> int | None:
+        """See :class:`ShardEmissionRule`: the idle flush or the heartbeat (growth does not wait on time)."""
+        return _earliest(_idle_deadline(state, self.idle_ms), _heartbeat_deadline(state, self.heartbeat_ms))
 
 
 @dataclass(frozen=True)
@@ -260,6 +293,14 @@ class BudgetRule:
     def should_heartbeat(self, state: EmissionState, now_ms: int) -> bool:
         """See :class:`ShardEmissionRule`."""
         return _heartbeat_due(state, now_ms, self.heartbeat_ms)
+
+    def next_due_ms(self, state: EmissionState) -> int | None:
+        """See :class:`ShardEmissionRule`: the idle flush or the heartbeat.
+
+        The budget check does not wait on time: it moves with new numbers (checked on
+        each batch) and with a newer record (checked for the shards with unsent numbers).
+        """
+        return _earliest(_idle_deadline(state, self.idle_ms), _heartbeat_deadline(state, self.heartbeat_ms))
 
     def new_state(self) -> EmissionState:
         """See :class:`ShardEmissionRule`."""
