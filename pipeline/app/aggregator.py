@@ -27,8 +27,8 @@ from faust.types.tuples import TP
 
 from config import Settings
 from pipeline.app.dead_letters import DeadLetterSink
-from pipeline.core.budget import ShardLiveness
 from pipeline.core.emission import EmissionState, IntervalRule
+from pipeline.core.liveness import ShardLiveness
 from pipeline.core.merge import GlobalEstimator
 from pipeline.core.sketches_contract import SnapshotLimits, Tombstone, accept
 from pipeline.core.wire import DeadLetter, MedianRecord, ShardProgress, SnapshotError
