@@ -90,6 +90,31 @@ def test_tracker_bounds_always_bracket_the_exact_counts(seed: int, size: int, ki
         assert low <= below <= at_or_below <= high
 
 
+@pytest.mark.parametrize("kind", ["a float32 step from a few grid values", "infinities and signed zeros",
+                                  "at and next to every grid value"])  # fmt: skip
+def test_counts_are_exact_where_float32_keys_cannot_tell(kind: str) -> None:
+    # The counts sort float32 keys: numbers within a float32 step of a grid value (or beyond
+    # float32's range, or tiny) share its key. Those grid values are counted in float64,
+    # each on its own when there are a few, all at once when there are many.
+    rng = np.random.default_rng(len(kind))
+    specials = [-1e300, -3.5e38, -1.0, -1e-320, 0.0, 1e-310, 1.0, 3.5e38, 1e39, 1e300]
+    grid = np.unique(np.concatenate([specials, rng.normal(size=20)]))
+    tracker = BudgetTracker(0.01)
+    tracker.see(GlobalView(tuple(np.linspace(0.0, 1.0, grid.size)), tuple(grid), 100, 1, 0.01, ts=1))
+    tracker.anchor(None)  # no sketch: the grid is the served values
+    assert np.array_equal(tracker.grid, grid)
+    near = rng.choice(grid[np.abs(grid) < 3], 3) if kind.startswith("a float32") else grid
+    numbers = rng.normal(size=2000)
+    if kind.startswith("infinities"):
+        numbers = np.concatenate([numbers, [np.inf, -np.inf, -0.0, 5e-324]])
+    else:
+        steps = [near, np.nextafter(near, np.inf), np.nextafter(near, -np.inf), near * (1 + 1e-9), near * (1 - 1e-9)]
+        numbers = np.concatenate([numbers, *steps])
+    for part in np.array_split(rng.permutation(numbers), 3):
+        tracker.observe(part)
+    assert np.array_equal(tracker.at_or_below, [(numbers <= g).sum() for g in grid])
+
+
 def test_tracker_grid_is_fine_near_the_tracked_values() -> None:
     state = ShardState.empty(0, K)
     state.apply(np.random.default_rng(1).normal(size=100_000), 0)
@@ -172,6 +197,113 @@ def test_one_budget_snapshot_per_record_then_wait_for_the_next() -> None:
 def test_tracker_refuses_a_meaningless_budget(theta: float, hint: int, expected: tuple[float, ...]) -> None:
     with pytest.raises(ValueError, match=r"theta|shards_hint|expected"):
         BudgetTracker(theta, hint, expected)
+
+
+class EagerCheck:
+    """The budget check in its first form, as a reference: every batch counted against the grid
+    at once (a searchsorted and a bincount), and the deviation compared after every batch."""
+
+    def __init__(self, theta: float, shards_hint: int) -> None:
+        self.theta, self.shards_hint = theta, shards_hint
+        self.view: GlobalView | None = None
+        self.answered = False
+        self.grid = np.empty(0)
+        self.counts = np.empty(0, dtype=np.int64)
+        self.unsent = 0
+
+    def see(self, seen: GlobalView | None) -> None:
+        if seen is not None and seen != self.view:
+            self.view, self.answered = seen, False
+
+    def anchor(self, grid: npt.NDArray[np.float64]) -> None:
+        self.grid, self.counts, self.unsent = grid.copy(), np.zeros(grid.size, dtype=np.int64), 0
+        self.answered = self.view is not None
+
+    def observe(self, values: npt.NDArray[np.float64]) -> None:
+        self.unsent += values.size
+        slots = np.searchsorted(self.grid, values, side="left")
+        self.counts += np.cumsum(np.bincount(slots, minlength=self.grid.size + 1)[:-1])
+
+    def over_budget(self) -> bool:
+        if self.view is None or self.answered or self.unsent == 0:
+            return False
+        theta = self.theta if self.view.theta is None else min(self.theta, self.view.theta)
+        allowance = theta * (self.view.n / max(self.view.shards, self.shards_hint, 1) + self.unsent)
+        worst = 0.0
+        for q, x in zip(self.view.quantiles, self.view.values, strict=True):
+            slot = int(np.searchsorted(self.grid, x, side="left"))
+            low = int(self.counts[slot - 1]) if slot > 0 else 0
+            high = int(self.counts[slot]) if slot < self.grid.size else self.unsent
+            worst = max(worst, high - q * self.unsent, q * self.unsent - low)
+        return worst > allowance
+
+
+@settings(max_examples=80, deadline=None, database=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    kind=st.sampled_from(["stationary", "drift", "step", "ties"]),
+    theta=st.sampled_from([0.005, 0.02, 0.1, 0.6]),
+    max_batch=st.sampled_from([1, 30, 700]),
+    max_uncounted=st.sampled_from([1, 50, 1 << 18]),
+    record_theta=st.sampled_from([None, 0.003]),
+)
+def test_the_lazy_tracker_sends_exactly_when_the_eager_check_would(
+    seed: int, kind: str, theta: float, max_batch: int, max_uncounted: int, record_theta: float | None
+) -> None:
+    # The tracker counts only when a check is due and skips checks the margin rules out. Side by
+    # side with the eager form, on the same grids, views and batches, it must answer the same
+    # after every batch: never later (the bound would break), and never earlier either.
+    rng = np.random.default_rng(seed)
+    shards_hint = int(rng.integers(1, 5))
+    tracker = BudgetTracker(theta, shards_hint, QUANTILES, GridOptions(max_uncounted=max_uncounted))
+    eager = EagerCheck(theta, shards_hint)
+    shard = ShardState.empty(0, K)
+    sent = checks = 0
+    for step in range(300):
+        size = int(rng.integers(0, max_batch + 1))
+        values = stream(kind, rng, 0, size, step / 300)
+        shard.apply(values, step)
+        tracker.observe(values)
+        eager.observe(values)
+        if rng.random() < 0.1 and shard.n:  # a newer record: values near the shard's own quantiles
+            served = {q: float(shard.sketch.get_quantile(q)) + float(rng.normal(0.0, 0.05)) for q in QUANTILES}
+            n = int(shard.n * rng.choice([0.1, 1.0, 8.0]))
+            seen = view(n=max(n, 1), shards=int(rng.integers(1, 5)), theta=record_theta, served=served)
+            tracker.see(seen)
+            eager.see(seen)
+        over = tracker.over_budget()
+        assert over == eager.over_budget(), step
+        checks += 1
+        if over or rng.random() < 0.03:  # a snapshot: the budget's, or the growth cap's / idle flush
+            sent += over
+            tracker.anchor(shard.sketch)
+            eager.anchor(tracker.grid)
+        elif rng.random() < 0.05:
+            assert np.array_equal(tracker.at_or_below, eager.counts)
+    assert tracker.unsent == eager.unsent
+    assert np.array_equal(tracker.at_or_below, eager.counts)
+    assert checks == 300
+
+
+def test_quiet_batches_are_not_counted_until_a_check_needs_them() -> None:
+    # After a check with a wide margin, batches are kept, not counted; a check (or the memory
+    # cap) counts them all at once, exactly.
+    state = ShardState.empty(0, K)
+    state.apply(np.random.default_rng(6).normal(size=10_000), 0)
+    tracker = BudgetTracker(0.01, options=GridOptions(max_uncounted=5_000))
+    tracker.see(view(n=1_000_000, shards=1, served={0.5: 0.0}))  # allowance 10,000 + U / 100
+    tracker.anchor(state.sketch)
+    tracker.answered = False
+    fresh = np.random.default_rng(7).normal(size=4_000)
+    tracker.observe(fresh[:100])
+    assert not tracker.over_budget()  # checks: counts the first 100
+    for part in np.array_split(fresh[100:], 10):
+        tracker.observe(part)
+        assert not tracker.over_budget()  # 19,000 numbers of margin: no count, no check
+    assert tracker.uncounted == 3_900  # what the laziness saves
+    assert np.array_equal(tracker.at_or_below, [(fresh <= g).sum() for g in tracker.grid])
+    tracker.observe(np.random.default_rng(8).normal(size=5_000))  # past the cap: counted at once
+    assert tracker.uncounted == 0
 
 
 # --- the rules --------------------------------------------------------------------------------
