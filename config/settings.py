@@ -47,6 +47,7 @@ class Settings(BaseModel):
     kafka_sasl_password: str = Field(default="", repr=False)
     kafka_ssl_cafile: str = ""
     local_broker_port: int = Field(default=9092, ge=1, le=65534)
+    kafka_timeout_ms: int = Field(default=30_000, ge=1_000, le=3_600_000)
 
     app_id: str = Field(default="dmedian", min_length=1)
     topic_numbers: str = "numbers"
@@ -139,6 +140,11 @@ class Settings(BaseModel):
     def uses_local_broker(self) -> bool:
         """Whether no bootstrap servers were given, so the embedded local broker is used."""
         return not self.kafka_bootstrap_servers
+
+    @property
+    def kafka_timeout_s(self) -> float:
+        """How long a command waits for Kafka to answer before it gives up, in seconds."""
+        return self.kafka_timeout_ms / 1000
 
     @property
     def bootstrap_servers(self) -> str:

@@ -5,7 +5,8 @@ counts, and Kafka can only add partitions. ``grow_partitions`` grows the shard
 state changelog first and the input topic second, so a worker never sees more
 shards than changelog partitions; a grow that stopped halfway is finished by
 running it again. Existing partitions (and the shards' state) are untouched;
-the new partitions start as empty shards.
+the new partitions start as empty shards. Each topic grows in steps of at most
+``partitions_per_request`` (a broker caps one request at 10,000 partitions).
 """
 
 from __future__ import annotations
@@ -13,19 +14,26 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from confluent_kafka.admin import AdminClient, NewPartitions  # type: ignore[attr-defined]
+from confluent_kafka.admin import AdminClient
 
 from config import Settings
+from pipeline.errors import SettingsError, TopicMissingError
+from topics.admin import AdminOptions, grow_in_steps, partition_counts
 from topics.specs import TopicSet
 
-__all__ = ["GrowthError", "GrowthPlan", "adopt_cluster_partitions", "cluster_partitions", "grow_partitions"]
+__all__ = [
+    "GrowthError",
+    "GrowthPlan",
+    "adopt_cluster_partitions",
+    "cluster_partitions",
+    "fewer_partitions_message",
+    "grow_partitions",
+]
 
 logger = logging.getLogger(__name__)
 
-_TIMEOUT_S = 30.0
 
-
-class GrowthError(RuntimeError):
+class GrowthError(SettingsError):
     """The topics cannot be grown as asked (names the setting or topic at fault)."""
 
 
@@ -44,33 +52,41 @@ class GrowthPlan:
         return [name for name, count in self.before.items() if count < self.after]
 
 
-def cluster_partitions(admin: AdminClient, topic: str) -> int | None:
+def cluster_partitions(admin: AdminClient, topic: str, timeout_s: float = 30.0) -> int | None:
     """How many partitions ``topic`` has on the cluster (None if it does not exist)."""
-    # All topics' metadata, not this one's: asking a broker for one missing topic
-    # auto-creates it (with one partition) where auto.create.topics.enable is on.
-    metadata = admin.list_topics(timeout=_TIMEOUT_S).topics.get(topic)
-    if metadata is None or metadata.error is not None:
-        return None
-    return len(metadata.partitions)
+    return partition_counts(admin, timeout_s).get(topic)
 
 
-def grow_partitions(admin: AdminClient, topics: TopicSet, partitions: int) -> GrowthPlan:
+def grow_partitions(
+    admin: AdminClient, topics: TopicSet, partitions: int, options: AdminOptions = AdminOptions()
+) -> GrowthPlan:
     """Grow the shard changelog, then the input topic, to ``partitions``."""
     ordered = [topics.shard_changelog.name, topics.numbers.name]  # changelog first: see the module doc
+    counts = partition_counts(admin, options.timeout_s)
     before: dict[str, int] = {}
     for name in ordered:
-        count = cluster_partitions(admin, name)
+        count = counts.get(name)
         if count is None:
-            raise GrowthError(f"topic {name!r} does not exist: run `dmedian topics create` (or start a worker) first")
+            raise TopicMissingError(
+                f"topic {name!r} does not exist: run `dmedian topics create` (or start a worker) first"
+            )
         if count > partitions:
             raise GrowthError(f"topic {name!r} already has {count} partitions; Kafka cannot remove partitions")
         before[name] = count
     plan = GrowthPlan(before, partitions)
     for name in plan.grown:
-        future = admin.create_partitions([NewPartitions(name, partitions)], request_timeout=_TIMEOUT_S)[name]
-        future.result(timeout=_TIMEOUT_S)
+        grow_in_steps(admin, name, partitions, options)
         logger.info("grew %s from %d to %d partitions", name, before[name], partitions)
     return plan
+
+
+def fewer_partitions_message(settings: Settings, topic: str, found: int) -> str:
+    """Why a shard topic with fewer partitions than ``numbers_partitions`` is refused, and the two fixes."""
+    return (
+        f"numbers_partitions (DMEDIAN_NUMBERS_PARTITIONS) is {settings.numbers_partitions} but topic "
+        f"{topic!r} has {found} partitions: set it to {found}, or run "
+        f"`dmedian topics grow --partitions {settings.numbers_partitions}`"
+    )
 
 
 def adopt_cluster_partitions(settings: Settings, admin: AdminClient) -> Settings:
@@ -80,15 +96,11 @@ def adopt_cluster_partitions(settings: Settings, admin: AdminClient) -> Settings
     config change on every host. A cluster with fewer partitions than configured
     is a configuration error (Kafka cannot shrink; growing is an explicit act).
     """
-    found = cluster_partitions(admin, settings.topic_numbers)
+    found = cluster_partitions(admin, settings.topic_numbers, settings.kafka_timeout_s)
     if found is None or found == settings.numbers_partitions:
         return settings
     if found < settings.numbers_partitions:
-        raise GrowthError(
-            f"numbers_partitions (DMEDIAN_NUMBERS_PARTITIONS) is {settings.numbers_partitions} but topic "
-            f"{settings.topic_numbers!r} has {found} partitions: set it to {found}, or run "
-            f"`dmedian topics grow --partitions {settings.numbers_partitions}`"
-        )
+        raise GrowthError(fewer_partitions_message(settings, settings.topic_numbers, found))
     logger.warning(
         "topic %s has %d partitions, numbers_partitions says %d: using %d (it was grown; update the setting)",
         settings.topic_numbers,

@@ -23,7 +23,7 @@ out = Console()
 
 def fail(message: str, code: int = 2) -> NoReturn:
     """Print an error and exit with ``code``."""
-    console.print(f"[bold red]error:[/] {message}", highlight=False)
+    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 

@@ -28,7 +28,7 @@ from pipeline.core.wire import MedianRecord
 from pipeline.kafka.clients import admin_client
 from pipeline.kafka.follow import latest_snapshots, wait_for_record
 from pipeline.kafka.generate import Distribution, MessageFormat, generate
-from pipeline.localbroker import BrokerError, free_port
+from pipeline.localbroker import BrokerError, LocalBroker, free_port
 from topics import topic_set
 
 __all__ = ["demo"]
@@ -44,7 +44,11 @@ def demo(
     timeout: float = typer.Option(300.0, help="Seconds to wait for the estimate to cover every number."),
 ) -> None:
     """Start everything, produce COUNT numbers in all three formats, print served vs exact."""
-    with _local_broker_if_needed(keep), _demo_deployment(keep) as settings, _worker(settings) as (worker, log):
+    with (
+        _local_broker_if_needed(keep) as broker,
+        _demo_deployment(keep, broker) as settings,
+        _worker(settings) as (worker, log),
+    ):
         values = generate(Distribution.MIXED, count, seed=7)
         started = time.monotonic()
         for part, fmt in zip(np.array_split(values, 3), _FORMATS, strict=True):
@@ -87,9 +91,45 @@ def _print_audit(record: MedianRecord, values: npt.NDArray[np.float64]) -> bool:
     return ok
 
 
+def _kept(settings: Settings, broker: LocalBroker | None) -> str:
+    """What ``--keep`` kept: the exports that point the other commands at it, and how to remove it all."""
+    data_dir = Path(settings.data_dir).resolve()
+    exports = {
+        "DMEDIAN_APP_ID": settings.app_id,
+        "DMEDIAN_TOPIC_NUMBERS": settings.topic_numbers,
+        "DMEDIAN_TOPIC_SKETCHES": settings.topic_sketches,
+        "DMEDIAN_TOPIC_MEDIANS": settings.topic_medians,
+        "DMEDIAN_TOPIC_DEAD_LETTERS": settings.topic_dead_letters,
+        "DMEDIAN_DATA_DIR": str(data_dir),
+    }
+    if not settings.uses_local_broker:
+        exports["KAFKA_BOOTSTRAP_SERVERS"] = settings.bootstrap_servers
+    elif settings.local_broker_port != Settings.model_fields["local_broker_port"].default:
+        exports["DMEDIAN_LOCAL_BROKER_PORT"] = str(settings.local_broker_port)
+    lines = [
+        "--keep: the broker, the topics and the worker state stay. To point verify, shards, watch, replay "
+        "(and a worker) at them:",
+        "  export " + " ".join(f"{name}={value}" for name, value in exports.items()),
+    ]
+    if broker is not None:
+        lines.append("To remove it all (this stops the local broker and deletes its data, every topic on it):")
+        lines.append(f"  .venv/bin/dmedian broker stop && rm -rf {broker.home} {data_dir}")
+    else:
+        run = settings.topic_numbers.removesuffix("-numbers")
+        lines.append("To remove it all:")
+        lines.append(
+            f"  kafka-topics.sh --bootstrap-server {settings.bootstrap_servers} --delete --topic '.*{run}.*' "
+            f"&& rm -rf {data_dir}"
+        )
+    return "\n".join(lines)
+
+
 @contextmanager
-def _local_broker_if_needed(keep: bool) -> Iterator[None]:
-    """Start the local broker when no bootstrap servers are configured (and stop it after, unless kept)."""
+def _local_broker_if_needed(keep: bool) -> Iterator[LocalBroker | None]:
+    """Start the local broker when no bootstrap servers are configured (and stop it after, unless kept).
+
+    Yields the local broker, or None when the bootstrap servers point elsewhere.
+    """
     settings = settings_or_exit()
     broker = local_broker() if settings.uses_local_broker else None
     started = False
@@ -101,14 +141,14 @@ def _local_broker_if_needed(keep: bool) -> Iterator[None]:
             fail(str(exc))
         started = True
     try:
-        yield
+        yield broker
     finally:
         if broker is not None and started and not keep:
             broker.stop()
 
 
 @contextmanager
-def _demo_deployment(keep: bool) -> Iterator[Settings]:
+def _demo_deployment(keep: bool, broker: LocalBroker | None) -> Iterator[Settings]:
     """Topics and an app id of the demo's own, so that its comparison is exact; deleted after."""
     run = f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
     data_dir = Path(settings_or_exit().data_dir) / run
@@ -126,7 +166,9 @@ def _demo_deployment(keep: bool) -> Iterator[Settings]:
     try:
         yield settings
     finally:
-        if not keep:
+        if keep:  # also after a failure: say what was left behind, and how to remove it
+            console.print(_kept(settings, broker), highlight=False, soft_wrap=True)
+        else:
             names = [spec.name for spec in topic_set(settings)] + [f"{settings.app_id}-__assignor-__leader"]
             admin_client(settings).delete_topics(names, operation_timeout=30)
 

@@ -13,7 +13,7 @@ import typer
 
 from pipeline.cli.common import console, fail, settings_or_exit
 from pipeline.cli.progress import progress_bar
-from pipeline.kafka.clients import producer
+from pipeline.kafka.clients import producer, require_topics
 from pipeline.kafka.generate import Distribution, MessageFormat, encode_messages, generate
 from pipeline.kafka.produce import ProduceError, produce_values
 
@@ -25,9 +25,17 @@ logger = logging.getLogger(__name__)
 def produce_numbers(
     values: npt.NDArray[np.float64], fmt: MessageFormat, batch_size: int, rate: float, topic: str | None = None
 ) -> int:
-    """Produce ``values`` to the input topic with a progress bar on a terminal; return messages sent."""
+    """Produce ``values`` to the input topic with a progress bar on a terminal; return messages sent.
+
+    Checks first that the topic exists (a broker may auto-create a missing one with
+    one partition). A message not acknowledged within ``kafka_timeout_ms`` fails,
+    so a dead broker ends the command, which says how many messages were delivered.
+    """
     settings = settings_or_exit()
+    if topic is None:
+        require_topics(settings, "numbers")
     messages = -(-values.size // batch_size) if fmt is not MessageFormat.SINGLE else values.size
+    client = producer(settings, message_timeout_ms=settings.kafka_timeout_ms)
     with progress_bar(console, "msg") as progress:
         task = progress.add_task("producing", total=messages)
 
@@ -36,14 +44,16 @@ def produce_numbers(
 
         try:
             return produce_values(
-                producer(settings),
+                client,
                 topic or settings.topic_numbers,
                 encode_messages(values, fmt, batch_size),
                 rate=rate,
                 on_progress=advance,
+                timeout_s=settings.kafka_timeout_s + 5.0,  # past message.timeout.ms: every message has its report
+                total=messages,
             )
         except ProduceError as exc:
-            fail(str(exc), code=1)
+            raise exc.for_operator(settings) from exc
 
 
 def _read_numbers(source: Path) -> Iterator[float]:

@@ -28,8 +28,10 @@ from pipeline.cli.progress import progress_bar
 from pipeline.cli.topics_cmd import ensure_topics
 from pipeline.core.merge import GlobalEstimator
 from pipeline.core.wire import MedianRecord
-from pipeline.kafka.clients import producer
+from pipeline.errors import EmptyTopicError
+from pipeline.kafka.clients import producer, require_topics
 from pipeline.kafka.follow import wait_for_record
+from pipeline.kafka.produce import ProduceError, produce_values
 from pipeline.kafka.replay import (
     ReplayPlan,
     caught_up,
@@ -67,10 +69,10 @@ def replay(
     from_ms = _parse_time(from_timestamp) if from_timestamp else None
     fresh = app_id is None
     replay_id = app_id or new_replay_id(settings)
-    try:
-        plan = plan_replay(settings, replay_id, from_ms)
-    except ValueError as exc:
-        fail(str(exc))
+    plan = plan_replay(settings, replay_id, from_ms)
+    if fresh and plan.records == 0:
+        since = f" at or after {from_timestamp}" if from_timestamp else ""
+        raise EmptyTopicError(f"{settings.topic_numbers!r} holds no records{since}: nothing to replay")
     if fresh:
         commit_start(settings, plan)
     # Its topics exist before its worker or this command reads them.
@@ -137,10 +139,12 @@ def _covers(total: int, record: MedianRecord) -> bool:
 
 
 def _from_sketches(settings: Settings, take_over: bool, as_json: bool) -> None:
+    require_topics(settings, "sketches", *(["medians"] if take_over else []))
     started = time.monotonic()
-    log = read_sketches_log(settings)
+    log = read_sketches_log(settings, settings.kafka_timeout_s)
     if not log.snapshots:
-        fail(f"{settings.topic_sketches} holds no snapshot: nothing to rebuild")
+        unreadable = f" ({log.unreadable:,} unreadable records skipped)" if log.unreadable else ""
+        raise EmptyTopicError(f"{settings.topic_sketches!r} holds no snapshot{unreadable}: nothing to rebuild")
     estimator = GlobalEstimator(settings.sketch_k, settings.quantiles)
     for snapshot in log.snapshots.values():
         estimator.offer(snapshot)
@@ -156,10 +160,12 @@ def _from_sketches(settings: Settings, take_over: bool, as_json: bool) -> None:
     if as_json:
         typer.echo(record.to_json().decode())
     if take_over:
-        client = producer(settings)
-        client.produce(settings.topic_medians, key=_MEDIAN_KEY, value=record.to_json())
-        if client.flush(30) != 0:
-            fail(f"could not publish to {settings.topic_medians}")
+        client = producer(settings, message_timeout_ms=settings.kafka_timeout_ms)
+        try:
+            produce_values(client, settings.topic_medians, [record.to_json()], key=lambda _: _MEDIAN_KEY,
+                           timeout_s=settings.kafka_timeout_s + 5.0)  # fmt: skip
+        except ProduceError as exc:
+            raise exc.for_operator(settings) from exc
         _say(f"published to {settings.topic_medians}")
 
 

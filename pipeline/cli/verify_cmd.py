@@ -31,7 +31,9 @@ from pipeline.core.audit import (
 )
 from pipeline.core.merge import GlobalEstimator
 from pipeline.core.wire import MedianRecord, SketchSnapshot, quantile_key
+from pipeline.errors import ExitCode
 from pipeline.kafka.audit_reader import KafkaChunkSource, ReaderOptions, latest_median_record, plan_ranges
+from pipeline.kafka.clients import require_topics
 from pipeline.kafka.follow import latest_snapshots
 
 __all__ = ["verify"]
@@ -200,12 +202,12 @@ def _shard_table(result: AuditResult) -> Table:
     return table
 
 
-def _give_up(json_out: bool, message: str) -> typer.Exit:
+def _give_up(json_out: bool, message: str, code: ExitCode = ExitCode.FAILED) -> typer.Exit:
     if json_out:
         typer.echo(orjson.dumps({"ok": False, "error": message}).decode())
     else:
-        console.print(f"[bold red]cannot verify:[/] {message}", highlight=False)
-    return typer.Exit(1)
+        console.print(f"[bold red]error:[/] cannot verify: {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(int(code))
 
 
 def verify(
@@ -234,13 +236,15 @@ def verify(
 
     Exit status: 0 when every count matches and every quantile is inside its
     bound; 1 when anything does not (or the audit cannot be exact, e.g. the
-    topic's retention deleted covered records); 2 for bad settings or options.
+    topic's retention deleted covered records); 2 for bad settings or options;
+    6 when there is nothing to audit yet; the others as every command's (README).
     """
     settings = settings_or_exit()
+    require_topics(settings, "numbers", "sketches", "medians")
     started = time.monotonic()
     snapshots, record = _read_settled(settings, settle)
     if not snapshots:
-        raise _give_up(json_out, f"no snapshots on {settings.topic_sketches!r}: nothing is served yet")
+        raise _give_up(json_out, f"no snapshots on {settings.topic_sketches!r}: nothing is served yet", ExitCode.EMPTY)
     estimator = GlobalEstimator(settings.sketch_k, settings.quantiles)
     for shard in sorted(snapshots):
         estimator.offer(snapshots[shard])

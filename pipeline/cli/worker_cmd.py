@@ -11,6 +11,7 @@ import typer
 from pipeline.app.factory import create_app
 from pipeline.cli.common import settings_or_exit
 from pipeline.cli.topics_cmd import ensure_topics
+from pipeline.cli.worker_logs import install_worker_log_filters
 
 __all__ = ["worker"]
 
@@ -25,4 +26,5 @@ def worker(
     # The cluster's partition count wins after `dmedian topics grow`.
     settings = ensure_topics(settings_or_exit(data_dir=data_dir, web_port=web_port))
     pipeline = create_app(settings)
+    install_worker_log_filters()  # the group forming is not an ERROR (pipeline/cli/worker_logs.py)
     faust.Worker(pipeline.app, loglevel=settings.log_level.upper(), quiet=True).execute_from_commandline()

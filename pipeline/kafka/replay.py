@@ -18,8 +18,7 @@ from confluent_kafka import Consumer, TopicPartition
 
 from config import Settings
 from pipeline.core.wire import SketchSnapshot
-from pipeline.kafka.clients import admin_client, consumer, retrying, watermarks
-from topics.growth import cluster_partitions
+from pipeline.kafka.clients import consumer, require_topics, retrying, watermarks
 
 __all__ = [
     "ReplayPlan",
@@ -73,37 +72,37 @@ def new_replay_id(settings: Settings) -> str:
 
 def plan_replay(settings: Settings, app_id: str, from_ms: int | None) -> ReplayPlan:
     """Start offsets (the beginning, or the first record at or after ``from_ms``) and end offsets."""
-    partitions = cluster_partitions(admin_client(settings), settings.topic_numbers)
-    if partitions is None:
-        raise ValueError(f"topic {settings.topic_numbers!r} does not exist: nothing to replay")
+    partitions = require_topics(settings, "numbers")[settings.topic_numbers]
     client = consumer(settings, f"{app_id}-planner")
     try:
         ends, starts = {}, {}
         for p in range(partitions):
-            low, high = watermarks(client, TopicPartition(settings.topic_numbers, p))
+            low, high = watermarks(client, TopicPartition(settings.topic_numbers, p), settings.kafka_timeout_s)
             ends[p], starts[p] = high, low
         if from_ms is not None:
-            starts = start_offsets_at(client, settings.topic_numbers, from_ms, ends)
+            starts = start_offsets_at(client, settings.topic_numbers, from_ms, ends, settings.kafka_timeout_s)
     finally:
         client.close()
     return ReplayPlan(app_id, starts, ends)
 
 
-def start_offsets_at(client: Consumer, topic: str, from_ms: int, ends: Mapping[int, int]) -> dict[int, int]:
+def start_offsets_at(
+    client: Consumer, topic: str, from_ms: int, ends: Mapping[int, int], timeout_s: float = 30.0
+) -> dict[int, int]:
     """The first offset of each partition at or after ``from_ms`` (the end when there is none)."""
     asked = [TopicPartition(topic, p, from_ms) for p in ends]
-    found = client.offsets_for_times(asked, timeout=30)
+    found = client.offsets_for_times(asked, timeout=timeout_s)
     # -1: no record at or after the time; the replay reads nothing there.
     return {tp.partition: tp.offset if tp.offset >= 0 else ends[tp.partition] for tp in found}
 
 
-def commit_start(settings: Settings, plan: ReplayPlan, timeout_s: float = 30.0) -> None:
+def commit_start(settings: Settings, plan: ReplayPlan) -> None:
     """Commit the plan's start offsets for the replay's group, where its worker will begin."""
     client = consumer(settings, plan.app_id)
     offsets = [TopicPartition(settings.topic_numbers, p, offset) for p, offset in plan.start.items()]
     try:
         # A new group's coordinator may still be loading (a fresh cluster, a moved one).
-        retrying(lambda: client.commit(offsets=offsets, asynchronous=False), timeout_s)
+        retrying(lambda: client.commit(offsets=offsets, asynchronous=False), settings.kafka_timeout_s)
     finally:
         client.close()
 
