@@ -24,8 +24,9 @@ header statistics) need nothing but the snapshot: ``SketchSnapshot.from_bytes``
 runs them (:func:`check_snapshot_contents`), so every reader of ``sketches``,
 the aggregator's rebuild and the tools included, refuses such a forgery. The
 *context* checks (shard id, count per record, infinities) need the settings and
-the partition count: the aggregator runs them (:func:`check_sketches_message`)
-on each message it reads; a rebuild from ``sketches`` should run them too.
+the partition count: every reader of ``sketches`` runs them (:func:`check_sketches_message`)
+through the topic's contract, :func:`pipeline.core.sketches_contract.accept`: the
+aggregator on each message it reads, and its rebuild from the compacted topic.
 
 The sketch bytes are read in the standard DataSketches KLL serialization
 (doubles): the same layout every DataSketches language reads. Every check
@@ -193,7 +194,7 @@ def check_progress(progress: ShardProgress, limits: SnapshotLimits) -> None:
 
 
 def check_sketches_message(message: SketchSnapshot | ShardProgress, limits: SnapshotLimits) -> None:
-    """The context checks of a message read with ``parse_sketches_value`` (the aggregator's path).
+    """The context checks of a message read with ``parse_sketches_value`` (``sketches_contract.accept`` runs them).
 
     Its contents were checked when it was parsed, so only what needs the context
     runs here (about 2 us, against some 50 us for the contents).
