@@ -33,6 +33,7 @@ __all__ = [
     "TopicConflictError",
     "TopicState",
     "create_topics",
+    "creation_requests",
     "describe_topics",
     "grow_in_steps",
     "partition_counts",
@@ -133,24 +134,25 @@ def create_topics(admin: AdminClient, specs: Iterable[TopicSpec], options: Admin
     if not missing:
         return []
     step = options.partitions_per_request
-    new_topics = []
-    for spec in missing:
-        first = min(spec.partitions, step)
-        more = f" of {spec.partitions:,} (then {step:,} more per request)" if first < spec.partitions else ""
-        options.say(f"creating topic {spec.name} with {first:,} partition{'s' if first != 1 else ''}{more}")
-        new_topics.append(NewTopic(spec.name, num_partitions=first, replication_factor=spec.replication_factor,
-                                   config=dict(spec.config)))  # fmt: skip
     created = []
-    for name, future in admin.create_topics(new_topics, request_timeout=options.timeout_s).items():
-        try:
-            future.result(timeout=options.timeout_s)
-            created.append(name)
-            logger.info("created topic %s", name)
-        except KafkaException as exc:
-            error = exc.args[0] if exc.args else None
-            if isinstance(error, KafkaError) and error.code() == KafkaError.TOPIC_ALREADY_EXISTS:
-                continue
-            raise
+    for group in creation_requests(missing, step):
+        new_topics = []
+        for spec in group:
+            first = min(spec.partitions, step)
+            more = f" of {spec.partitions:,} (then {step:,} more per request)" if first < spec.partitions else ""
+            options.say(f"creating topic {spec.name} with {first:,} partition{'s' if first != 1 else ''}{more}")
+            new_topics.append(NewTopic(spec.name, num_partitions=first, replication_factor=spec.replication_factor,
+                                       config=dict(spec.config)))  # fmt: skip
+        for name, future in admin.create_topics(new_topics, request_timeout=options.timeout_s).items():
+            try:
+                future.result(timeout=options.timeout_s)
+                created.append(name)
+                logger.info("created topic %s", name)
+            except KafkaException as exc:
+                error = exc.args[0] if exc.args else None
+                if isinstance(error, KafkaError) and error.code() == KafkaError.TOPIC_ALREADY_EXISTS:
+                    continue
+                raise
     for spec in missing:
         if spec.partitions > step:
             grow_in_steps(admin, spec.name, spec.partitions, options)
@@ -160,6 +162,23 @@ def create_topics(admin: AdminClient, specs: Iterable[TopicSpec], options: Admin
         raise TopicConflictError("; ".join(f"topic {s.spec.name!r}: {'; '.join(s.conflicts)}" for s in late))
     _wait_for_leaders(admin, missing, options.timeout_s)
     return created
+
+
+def creation_requests(specs: list[TopicSpec], step: int) -> list[list[TopicSpec]]:
+    """The topics to create, grouped so that no request asks for more than ``step`` partitions in all.
+
+    The broker's cap counts every topic of a request together: two topics of 5,000 are one too many.
+    """
+    groups: list[list[TopicSpec]] = []
+    total = step
+    for spec in specs:
+        first = min(spec.partitions, step)
+        if total + first > step:
+            groups.append([])
+            total = 0
+        groups[-1].append(spec)
+        total += first
+    return groups
 
 
 def grow_in_steps(admin: AdminClient, name: str, partitions: int, options: AdminOptions = AdminOptions()) -> int:

@@ -10,7 +10,7 @@ from rich.console import Console
 
 from config import ConfigError, Settings, load_settings
 
-__all__ = ["console", "fail", "out", "settings_or_exit"]
+__all__ = ["console", "fail", "out", "say", "settings_or_exit"]
 
 logger = logging.getLogger(__name__)
 
@@ -19,6 +19,11 @@ console = Console(stderr=True)
 
 out = Console()
 """Data and reports (tables, JSON lines) go to stdout."""
+
+
+def say(message: str) -> None:
+    """One line on stderr, unwrapped even when piped: scripts and tests read these lines."""
+    console.print(message, soft_wrap=True, highlight=False)
 
 
 def fail(message: str, code: int = 2) -> NoReturn:

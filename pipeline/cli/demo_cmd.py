@@ -19,7 +19,7 @@ from rich.table import Table
 
 from config import Settings
 from pipeline.cli.broker_cmd import local_broker
-from pipeline.cli.common import console, fail, out, settings_or_exit
+from pipeline.cli.common import console, fail, out, say, settings_or_exit
 from pipeline.cli.produce_cmd import produce_numbers
 from pipeline.cli.topics_cmd import ensure_topics
 from pipeline.cli.watch_cmd import record_table
@@ -167,7 +167,7 @@ def _demo_deployment(keep: bool, broker: LocalBroker | None) -> Iterator[Setting
         yield settings
     finally:
         if keep:  # also after a failure: say what was left behind, and how to remove it
-            console.print(_kept(settings, broker), highlight=False, soft_wrap=True)
+            say(_kept(settings, broker))
         else:
             names = [spec.name for spec in topic_set(settings)] + [f"{settings.app_id}-__assignor-__leader"]
             admin_client(settings).delete_topics(names, operation_timeout=30)

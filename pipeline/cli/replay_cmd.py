@@ -23,7 +23,7 @@ from pathlib import Path
 import typer
 
 from config import Settings
-from pipeline.cli.common import console, fail, settings_or_exit
+from pipeline.cli.common import console, fail, say, settings_or_exit
 from pipeline.cli.progress import progress_bar
 from pipeline.cli.topics_cmd import ensure_topics
 from pipeline.core.merge import GlobalEstimator
@@ -77,14 +77,14 @@ def replay(
         commit_start(settings, plan)
     # Its topics exist before its worker or this command reads them.
     ensure_topics(settings.model_copy(update=replay_settings(settings, replay_id)))
-    _say(f"replay {replay_id}: {plan.records:,} input records to read into {replay_id}-sketches")
+    say(f"replay {replay_id}: {plan.records:,} input records to read into {replay_id}-sketches")
     started = time.monotonic()
     worker = _ReplayWorker(settings, replay_id, len(plan.end))
     worker.start(live_output=False)
     try:
         record = _catch_up(settings, plan, worker, timeout_s)
         took = time.monotonic() - started
-        _say(
+        say(
             f"caught up in {took:.1f} s: n={record.n:,}, median={record.median.value:.6g} "
             f"[{record.median.lower:.6g}, {record.median.upper:.6g}], {record.n / took:,.0f} numbers/s"
         )
@@ -92,11 +92,11 @@ def replay(
             typer.echo(record.to_json().decode())
         worker.stop()
         if not take_over:
-            _say(f"the live output is untouched; to take over: dmedian replay --app-id {replay_id} --take-over")
+            say(f"the live output is untouched; to take over: dmedian replay --app-id {replay_id} --take-over")
             return
         worker.start(live_output=True)
         env = " ".join(f"{_env(k)}={v}" for k, v in replay_settings(settings, replay_id, live_output=True).items())
-        _say(
+        say(
             f"took over: publishing to {settings.topic_medians}. Stop the workers of app id {settings.app_id!r}, "
             f"and start more with: {env}"
         )
@@ -129,11 +129,6 @@ def _env(setting: str) -> str:
     return f"DMEDIAN_{setting.upper()}"
 
 
-def _say(message: str) -> None:
-    # One line per message even when piped: scripts and tests read these lines.
-    console.print(message, soft_wrap=True, highlight=False)
-
-
 def _covers(total: int, record: MedianRecord) -> bool:
     return record.n >= total
 
@@ -152,7 +147,7 @@ def _from_sketches(settings: Settings, take_over: bool, as_json: bool) -> None:
     pending = sum(p.pending for p in log.progress.values())
     record = estimator.record(int(time.time() * 1000), theta, pending)
     took = time.monotonic() - started
-    _say(
+    say(
         f"rebuilt from {log.records_read:,} records of {settings.topic_sketches} in {took:.2f} s: "
         f"{record.shards} shards, n={record.n:,}, median={record.median.value:.6g} "
         f"[{record.median.lower:.6g}, {record.median.upper:.6g}]"
@@ -166,7 +161,7 @@ def _from_sketches(settings: Settings, take_over: bool, as_json: bool) -> None:
                            timeout_s=settings.kafka_timeout_s + 5.0)  # fmt: skip
         except ProduceError as exc:
             raise exc.for_operator(settings) from exc
-        _say(f"published to {settings.topic_medians}")
+        say(f"published to {settings.topic_medians}")
 
 
 def _parse_time(text: str) -> int:
@@ -231,6 +226,6 @@ class _ReplayWorker:
             while self.alive:
                 time.sleep(0.5)
         except KeyboardInterrupt:
-            _say("stopping the replay worker")
+            say("stopping the replay worker")
         if self.returncode not in (None, 0, -signal.SIGTERM):
             fail(f"the replay worker exited with {self.returncode}; its log: {self.log_path}")

@@ -12,7 +12,7 @@ import typer
 from rich.table import Table
 
 from config import Settings
-from pipeline.cli.common import console, out, settings_or_exit
+from pipeline.cli.common import out, say, settings_or_exit
 from pipeline.errors import TopicMissingError
 from pipeline.kafka.clients import admin_client, cluster_partitions_map
 from topics import topic_set
@@ -34,13 +34,9 @@ _STEP_OPTION = typer.Option(
 )
 
 
-def _say(message: str) -> None:
-    console.print(message, highlight=False, soft_wrap=True)
-
-
 def admin_options(settings: Settings, partitions_per_request: int = PARTITIONS_PER_REQUEST) -> AdminOptions:
     """Topic operations that wait ``kafka_timeout_ms`` and say what they do on stderr."""
-    return AdminOptions(settings.kafka_timeout_s, partitions_per_request, _say)
+    return AdminOptions(settings.kafka_timeout_s, partitions_per_request, say)
 
 
 def ensure_topics(settings: Settings | None = None) -> Settings:
@@ -64,7 +60,7 @@ def create(partitions_per_request: int = _STEP_OPTION) -> None:
     cluster_partitions_map(settings)
     options = admin_options(settings, partitions_per_request)
     created = create_topics(admin_client(settings), topic_set(settings), options)
-    console.print(f"created: {', '.join(created)}" if created else "all topics already exist and match their specs")
+    say(f"created: {', '.join(created)}" if created else "all topics already exist and match their specs")
 
 
 @topics_cli.command("describe")
@@ -108,8 +104,8 @@ def grow(
     plan = grow_partitions(admin_client(settings), topic_set(settings), partitions, options)
     for name, before in plan.before.items():
         change = f"{before} -> {plan.after}" if before < plan.after else f"{before} (already)"
-        console.print(f"{name}: {change} partitions")
-    console.print(
+        say(f"{name}: {change} partitions")
+    say(
         f"restart the workers to pick up the new shards; set numbers_partitions = {plan.after} "
         f"(DMEDIAN_NUMBERS_PARTITIONS) in your config to match"
     )
