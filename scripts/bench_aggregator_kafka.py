@@ -168,8 +168,9 @@ def main() -> None:
         client = producer(settings, compression_type="none")
         stack.callback(lambda: client.flush(10))
         size = sum(len(v) for _, v in burst.messages())
-        print(f"{os.cpu_count()} cores, broker {bootstrap}; {shards:,} shards, {size / 1e6:.1f} MB per wave "
-              f"({size // shards:,} B a snapshot); worker settings {overrides}")  # fmt: skip
+        print(f"{os.cpu_count()} cores (load average {os.getloadavg()[0]:.1f}), broker {bootstrap}; "
+              f"{shards:,} shards, {size / 1e6:.1f} MB per wave ({size // shards:,} B a snapshot); "
+              f"worker settings {overrides}")  # fmt: skip
         # Ready once a snapshot comes out as a record; the burst replaces that shard's state.
         send(client, settings.topic_sketches, [(0, snapshot(first[0], 0, 0))])
         ready = wait_for_record(settings, lambda r: r.shards >= 1, 120, lambda: worker.poll() is not None)
@@ -195,6 +196,8 @@ def main() -> None:
         print(f"  new worker: first record (complete) {restored.ts / 1000 - started:.2f} s after its start "
               f"(process start, group join, rebuild of {shards:,} shards from the compacted topic)")  # fmt: skip
         measure(settings, client, announce, n, args.timeout)
+        # The figures move with the machine's load: the run states it (other processes share the cores).
+        print(f"load average at the end {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":
