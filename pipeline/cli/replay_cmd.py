@@ -115,7 +115,7 @@ def _catch_up(settings: Settings, plan: ReplayPlan, worker: _ReplayWorker, timeo
                 fail(f"the replay worker exited ({worker.returncode}); its log: {worker.log_path}")
             if time.monotonic() > deadline:
                 fail(f"not caught up within {timeout_s:.0f} s; continue with --app-id {plan.app_id}")
-            snapshots = read_sketches_log(replay_view).snapshots
+            snapshots = read_sketches_log(replay_view, settings.kafka_timeout_s).snapshots
             progress.update(task, completed=replayed_records(plan, snapshots))
             if caught_up(plan, snapshots):
                 total = sum(s.n for s in snapshots.values())
