@@ -65,7 +65,14 @@ class AdminOptions:
 
 
 class TopicConflictError(SettingsError):
-    """An existing topic does not match its spec."""
+    """Existing topics do not match their specs; the message lists how, and the settings that choose them."""
+
+    def __init__(self, what: str, states: Iterable[TopicState]) -> None:
+        problems = "; ".join(f"topic {s.spec.name!r}: {'; '.join(s.conflicts)}" for s in states if s.conflicts)
+        super().__init__(
+            f"{what}: {problems}; set numbers_partitions (DMEDIAN_NUMBERS_PARTITIONS) to the cluster's count, or "
+            "point DMEDIAN_APP_ID and DMEDIAN_TOPIC_* at other topics"
+        )
 
 
 @dataclass(frozen=True)
@@ -125,11 +132,8 @@ def create_topics(admin: AdminClient, specs: Iterable[TopicSpec], options: Admin
     is grown to its spec if its creator had not finished stepping).
     """
     states = describe_topics(admin, specs, options)
-    problems = [f"topic {s.spec.name!r}: {'; '.join(s.conflicts)}" for s in states if s.conflicts]
-    if problems:
-        raise TopicConflictError(
-            "existing topics do not match their specs (nothing was changed): " + "; ".join(problems)
-        )
+    if any(s.conflicts for s in states):
+        raise TopicConflictError("existing topics do not match their specs (nothing was changed)", states)
     missing = [s.spec for s in states if not s.exists]
     if not missing:
         return []
@@ -157,9 +161,9 @@ def create_topics(admin: AdminClient, specs: Iterable[TopicSpec], options: Admin
         if spec.partitions > step:
             grow_in_steps(admin, spec.name, spec.partitions, options)
     # Re-check: a topic someone else created meanwhile must match too.
-    late = [s for s in describe_topics(admin, missing, options) if s.conflicts]
-    if late:
-        raise TopicConflictError("; ".join(f"topic {s.spec.name!r}: {'; '.join(s.conflicts)}" for s in late))
+    late = describe_topics(admin, missing, options)
+    if any(s.conflicts for s in late):
+        raise TopicConflictError("topics created meanwhile by another client do not match their specs", late)
     _wait_for_leaders(admin, missing, options.timeout_s)
     return created
 

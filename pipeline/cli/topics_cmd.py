@@ -75,9 +75,8 @@ def describe() -> None:
         configs = ", ".join(f"{k}={v}" for k, v in state.spec.config.items())
         table.add_row(state.spec.name, str(state.spec.partitions), configs, status, state.spec.purpose)
     out.print(table)
-    conflicts = [f"topic {s.spec.name!r}: {'; '.join(s.conflicts)}" for s in states if s.conflicts]
-    if conflicts:
-        raise TopicConflictError("topics do not match their specs: " + "; ".join(conflicts))
+    if any(s.conflicts for s in states):
+        raise TopicConflictError("topics do not match their specs", states)
     missing = [s.spec.name for s in states if not s.exists]
     if missing:
         raise TopicMissingError(
