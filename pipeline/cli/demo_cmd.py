@@ -113,7 +113,7 @@ def _kept(settings: Settings, broker: LocalBroker | None) -> str:
     ]
     if broker is not None:
         lines.append("To remove it all (this stops the local broker and deletes its data, every topic on it):")
-        lines.append(f"  .venv/bin/dmedian broker stop && rm -rf {broker.home} {data_dir}")
+        lines.append(f"  .venv/bin/dmedian broker stop --port {broker.port} && rm -rf {broker.home} {data_dir}")
     else:
         run = settings.topic_numbers.removesuffix("-numbers")
         lines.append("To remove it all:")
