@@ -314,16 +314,16 @@ class BudgetTracker:
         if worst > allowance:
             self._quiet_until = -1
             return True
-        self._quiet_until = self.unsent + self._numbers_before_trip(allowance - worst)
-        return False
-
-    def _numbers_before_trip(self, margin: float) -> int:
-        """How many more numbers cannot make :meth:`over_budget` true, from a check's ``margin``."""
-        assert self.view is not None
         # Per number a deviation rises by at most max(q, 1 - q) (H - qU by 1 - q or -q, qU - L by
         # q or q - 1, for fixed grid slots) and the allowance by theta exactly.
         closing = max(max(q, 1.0 - q) for q in self.view.quantiles) - self.effective_theta
-        if closing <= 0.0:
-            return sys.maxsize  # the margin never shrinks while this record stands
-        # One number less than the exact figure, so that float rounding can never skip a trip.
-        return max(math.floor(margin / closing) - 1, 0)
+        self._quiet_until = self.unsent + _numbers_before_trip(allowance - worst, closing)
+        return False
+
+
+def _numbers_before_trip(margin: float, closing: float) -> int:
+    """How many more numbers cannot close ``margin`` when each closes at most ``closing`` of it."""
+    if closing <= 0.0:
+        return sys.maxsize  # the margin never shrinks while this record stands
+    # One number less than the exact figure, so that float rounding can never skip a trip.
+    return max(math.floor(margin / closing) - 1, 0)
