@@ -109,9 +109,10 @@ class GridOptions:
     """Cells of equal rank over the whole shard, so a value that left the fine zone still has bounds."""
     max_fine_points: int = 512
     """Cap on fine points per tracked value (a tiny theta would ask for very many)."""
-    max_uncounted: int = 1 << 18
-    """Numbers kept uncounted at most (8 bytes each, per shard) while no check is due; past this
-    they are counted at once, so memory stays bounded however long the shard stays quiet."""
+    max_uncounted: int = 1 << 14
+    """Numbers kept uncounted at most (8 bytes each: 128 KB per shard) while no check is due; past
+    this they are counted at once, so memory stays bounded however long the shard stays quiet, and
+    however many shards a worker owns. Counting in chunks of this size costs no more per number."""
 
     def __post_init__(self) -> None:
         if not 0.0 < self.cell_fraction <= 1.0:
