@@ -19,12 +19,15 @@ batch consumer takes those from the partition it fetched.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import aiokafka.errors as Errors  # noqa: N812  # aiokafka's own spelling
 from aiokafka.consumer import fetcher as aiokafka_fetcher
 from faust.transport.drivers import aiokafka as aiokafka_driver
+from faust.types.tuples import TP
+
+from pipeline.transport.committed import seek_all_to_committed
 
 __all__ = ["LightConsumerThread", "LightPartitionRecords", "RawRecordsFor", "install_light_records"]
 
@@ -105,6 +108,12 @@ class LightConsumerThread(aiokafka_driver.AIOKafkaConsumerThread):
 
     The owning consumer must have a ``wants_raw_records(topic) -> bool`` method.
     """
+
+    async def seek_to_committed(self) -> Mapping[TP, int | None]:  # type: ignore[override]
+        # One OffsetFetch for every assigned partition, not one per partition. None for
+        # "never committed", as aiokafka's own method returns (Faust's stub says int).
+        committed = await self.call_thread(seek_all_to_committed, self._ensure_consumer())
+        return {TP(tp.topic, tp.partition): offset for tp, offset in committed.items()}
 
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)
