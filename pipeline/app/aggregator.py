@@ -232,9 +232,9 @@ class AggregatorService:
         if estimator.shard_count == 0 or not due:
             return
         self._urgent = False
-        stale = self._liveness.stale(now_ms, 2 * self._settings.heartbeat_ms)
+        stale = self._liveness.stale_count(now_ms, 2 * self._settings.heartbeat_ms)
         started = time.perf_counter()
-        record = estimator.record(now_ms, self._theta, self._liveness.pending(), len(stale))
+        record = estimator.record(now_ms, self._theta, self._liveness.pending(), stale)
         self.merge_seconds += time.perf_counter() - started
         self.merges += 1
         # Marked before the send's await, so the timer and the agent never both send
