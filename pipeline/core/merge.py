@@ -52,6 +52,7 @@ class GlobalEstimator:
         self._k = k
         self._quantiles = tuple(quantiles)
         self._shards: dict[int, ShardView] = {}
+        self._order: list[int] | None = []  # shard ids sorted; None once a shard comes or goes
         self._tree = MergeTree(k, tree)
         self._n = 0  # the running sum of the held snapshots' counts
         self._rejected = 0  # and of their rejected counts: a record costs no pass over every shard
@@ -72,8 +73,16 @@ class GlobalEstimator:
         return self._n
 
     def shards(self) -> Iterable[SketchSnapshot]:
-        """The latest snapshot of every shard, by shard id."""
-        return (self._shards[shard].snapshot for shard in sorted(self._shards))
+        """The latest snapshot of every shard, by shard id.
+
+        The ids are sorted again only after a shard came or went, not on every call:
+        at 10,000 shards a snapshot replaces one already held, and the views that list
+        the shards on each request pay the walk, not a sort.
+        """
+        if self._order is None:
+            self._order = sorted(self._shards)
+        shards = self._shards
+        return (shards[shard].snapshot for shard in self._order)
 
     def offer(self, snapshot: SketchSnapshot) -> bool:
         """Take a snapshot if it is newer than the one held; return whether it was taken.
@@ -86,6 +95,8 @@ class GlobalEstimator:
         if not newer_than(snapshot, held.snapshot if held is not None else None):
             logger.debug("dropping stale snapshot of shard %d at offset %d", snapshot.shard, snapshot.last_offset)
             return False
+        if held is None:
+            self._order = None
         self._shards[snapshot.shard] = ShardView(snapshot)
         self._n += snapshot.n - (held.snapshot.n if held is not None else 0)
         self._rejected += snapshot.rejected - (held.snapshot.rejected if held is not None else 0)
@@ -96,6 +107,7 @@ class GlobalEstimator:
         """Drop a shard (its snapshot was deleted with a tombstone)."""
         held = self._shards.pop(shard, None)
         if held is not None:
+            self._order = None
             self._n -= held.snapshot.n
             self._rejected -= held.snapshot.rejected
             self._tree.remove(shard)

@@ -129,6 +129,24 @@ def test_shards_are_listed_by_id() -> None:
     assert [s.shard for s in estimator.shards()] == [0, 2, 3]
 
 
+def test_the_listing_follows_shards_that_come_go_and_are_replaced() -> None:
+    # The sorted ids are kept between calls: every change of the shard set must show.
+    estimator = GlobalEstimator(K, (0.5,))
+    rng = np.random.default_rng(5)
+    held: dict[int, int] = {}  # shard: offset of its latest snapshot
+    for step in range(300):
+        shard = int(rng.integers(0, 12))
+        if rng.random() < 0.25:
+            estimator.forget(shard)
+            held.pop(shard, None)
+        else:
+            estimator.offer(snapshot(shard, [float(step)], offset=step + 1))
+            held[shard] = step + 1
+        if rng.random() < 0.5:
+            assert [(s.shard, s.last_offset) for s in estimator.shards()] == sorted(held.items())
+    assert [(s.shard, s.last_offset) for s in estimator.shards()] == sorted(held.items())
+
+
 def test_an_empty_shard_does_not_break_the_merge() -> None:
     estimator = GlobalEstimator(K, (0.5, 0.9))
     estimator.offer(snapshot(0, np.arange(1, 100)))
