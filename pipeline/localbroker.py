@@ -15,6 +15,7 @@ import hashlib
 import logging
 import os
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -109,6 +110,23 @@ def find_free_port_pair() -> tuple[int, int]:
         a.bind((_HOST, 0))
         b.bind((_HOST, 0))
         return int(a.getsockname()[1]), int(b.getsockname()[1])
+
+
+BROKER_OPEN_FILES = 262_144
+"""Open files the broker asks for. Kafka keeps each partition's active segment open,
+so 2 x 10,000 partitions with data need more than 20,000 descriptors. Where the hard
+limit cannot be raised (no CAP_SYS_RESOURCE), the soft limit goes up to the hard one."""
+
+
+def _raise_open_files_limit() -> None:
+    # Root may raise the hard limit too; anyone else gets the soft limit raised to the hard one.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = max(soft, BROKER_OPEN_FILES)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, max(hard, wanted)))
+    except (ValueError, OSError):
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def _port_open(port: int, timeout_s: float = 0.5) -> bool:
@@ -307,6 +325,8 @@ class LocalBroker:
         with open(self.log_path, "ab") as log:
             log.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} starting {' '.join(cmd)}\n".encode())
             log.flush()
+            # The broker inherits this process's open-files limit (a preexec hook is unsafe with threads).
+            _raise_open_files_limit()
             # New session: Ctrl-C in the launching terminal must not kill the broker.
             self._proc = subprocess.Popen(
                 cmd,
