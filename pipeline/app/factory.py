@@ -24,7 +24,8 @@ from pipeline.app.shards import ShardService
 from pipeline.app.store import STORE_URL, register_store
 from pipeline.app.web import register_views
 from pipeline.core.emission import build_shard_rule
-from pipeline.transport import SCHEME, batch_topic, register_transport
+from pipeline.kafka.clients import client_config
+from pipeline.transport import SCHEME, batch_topic, fetch_with_librdkafka, register_transport
 from topics import topic_set
 from topics.specs import SHARD_TABLE
 
@@ -101,6 +102,8 @@ def create_app(settings: Settings) -> Pipeline:
         stream_buffer_maxsize=16 if batched else 4096,
         stream_wait_empty=False,
     )
+    if batched and settings.fetcher == "librdkafka":
+        fetch_with_librdkafka(app, client_config(settings))
     # Batch delivery hands the shard agent one event per fetched partition batch.
     numbers = (
         batch_topic(app, specs.numbers.name, partitions=specs.numbers.partitions, internal=False)

@@ -1,4 +1,4 @@
-"""Faust transports of the pipeline: batch delivery over aiokafka (``dmkafka://``)."""
+"""Faust transports of the pipeline: batch delivery (``dmkafka://``), fetched by aiokafka or librdkafka."""
 
 from pipeline.transport.batches import (
     SCHEME,
@@ -7,6 +7,7 @@ from pipeline.transport.batches import (
     batch_topic,
     batch_topics,
     deliver_in_batches,
+    fetch_with_librdkafka,
     resume_from_state,
 )
 from pipeline.transport.batching import BatchConsumer, BatchTransport, register_transport
@@ -20,6 +21,7 @@ __all__ = [
     "batch_topic",
     "batch_topics",
     "deliver_in_batches",
+    "fetch_with_librdkafka",
     "register_transport",
     "resume_from_state",
 ]

@@ -2,15 +2,16 @@
 
 :class:`RawBatch` is the value of a batch event; :class:`RawBatchSchema` passes it
 through Faust undecoded. An app declares its batch-delivered topics
-(:func:`batch_topic`, :func:`deliver_in_batches`) and, optionally, where its own
-state says a partition must resume (:func:`resume_from_state`); both ride on the
-app object, read by :class:`pipeline.transport.batching.BatchConsumer`.
+(:func:`batch_topic`, :func:`deliver_in_batches`), optionally where its own state
+says a partition must resume (:func:`resume_from_state`), and whether librdkafka
+fetches its batch topics (:func:`fetch_with_librdkafka`); all ride on the app
+object, read by :class:`pipeline.transport.batching.BatchConsumer`.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +27,8 @@ __all__ = [
     "batch_topic",
     "batch_topics",
     "deliver_in_batches",
+    "fetch_with_librdkafka",
+    "librdkafka_config",
     "resume_from_state",
     "resume_offsets",
 ]
@@ -39,6 +42,7 @@ SCHEME = "dmkafka"
 # ride on the app object itself: no registry outside the app, nothing to clean up.
 _APP_ATTRIBUTE = "_dmedian_batch_topics"
 _RESUME_ATTRIBUTE = "_dmedian_resume_offsets"
+_LIBRDKAFKA_ATTRIBUTE = "_dmedian_librdkafka_config"
 
 ResumeOffsets = Callable[[TP], int | None]
 """Where the app's own state says a partition's reading must resume (None: it has no say)."""
@@ -108,6 +112,17 @@ def resume_offsets(app: AppT) -> ResumeOffsets | None:
     """The resume callback ``app`` declared, if any."""
     offsets: ResumeOffsets | None = getattr(app, _RESUME_ATTRIBUTE, None)
     return offsets
+
+
+def fetch_with_librdkafka(app: AppT, config: Mapping[str, Any]) -> None:
+    """Fetch ``app``'s batch topics with librdkafka; ``config``: its connection and security options."""
+    setattr(app, _LIBRDKAFKA_ATTRIBUTE, dict(config))
+
+
+def librdkafka_config(app: AppT) -> dict[str, Any] | None:
+    """The librdkafka options :func:`fetch_with_librdkafka` gave ``app`` (None: aiokafka fetches)."""
+    config: dict[str, Any] | None = getattr(app, _LIBRDKAFKA_ATTRIBUTE, None)
+    return config
 
 
 def batch_topic(app: AppT, name: str, **options: Any) -> TopicT:

@@ -43,16 +43,28 @@ applied). After seeking to the committed offsets, batch partitions are moved the
 so a commit that ran ahead of a lost state write cannot lose records, and a state
 ahead of the commit skips the re-read.
 
+Fetching with librdkafka
+------------------------
+With :func:`fetch_with_librdkafka` declared, batch partitions are fetched by a
+:class:`~pipeline.transport.rdkafka_fetch.RdkafkaFetcher` (librdkafka's C threads)
+instead of aiokafka, which keeps them paused and goes on with everything else:
+group membership, assignment, commits, changelogs and per-record topics. The rules
+above hold as they are: librdkafka fetches a partition only from the offset
+``seek_to_committed`` decided (committed, then the app's state) and only while not
+holding, every seek moves it there under the fetch lock, and a revocation stops
+its fetching before Faust's revoke handling runs.
+
 Faust internals used
 --------------------
-:data:`FAUST_INTERNALS` lists them (a guard test checks they exist), and relies on:
+:data:`~pipeline.transport.faust_internals.FAUST_INTERNALS` lists them (a guard
+test checks they exist), and relies on:
 ``getmany`` calling ``_to_message`` once per item of ``_wait_next_records``'s
 record lists, only for what it yields; ``_drain_messages`` recording a gap when an
 offset is more than one past ``_read_offset`` and dropping one below it;
 ``_committed_offset`` holding the next offset to read (0 stored as None);
 recovery calling ``perform_seek()``, ``flow_control.resume()``, ``resume_flow()``
 in that order. The public ``seek``, ``seek_wait``, ``seek_to_committed``,
-``resume_flow`` and ``on_partitions_revoked`` are extended.
+``resume_flow``, ``on_partitions_revoked``, ``highwater`` and ``on_stop`` are extended.
 """
 
 from __future__ import annotations
@@ -62,8 +74,6 @@ import logging
 from collections import defaultdict
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from operator import attrgetter
 from typing import Any, ClassVar
 
 from faust.transport.drivers import TRANSPORTS
@@ -71,46 +81,25 @@ from faust.transport.drivers import aiokafka as aiokafka_driver
 from faust.types import ConsumerT
 from faust.types.tuples import TP, ConsumerMessage
 
-from pipeline.transport.batches import SCHEME, RawBatch, batch_topics, resume_offsets
+from pipeline.transport.batches import SCHEME, RawBatch, batch_topics, librdkafka_config, resume_offsets
+from pipeline.transport.columns import Columns, Fetched, columns_of
+from pipeline.transport.faust_internals import FAUST_INTERNALS
 from pipeline.transport.light_records import LightConsumerThread
+from pipeline.transport.rdkafka_fetch import RdkafkaFetcher
 
 __all__ = ["FAUST_INTERNALS", "BatchConsumer", "BatchTransport", "register_transport"]
 
 logger = logging.getLogger(__name__)
 
 
-FAUST_INTERNALS = (
-    "faust.transport.consumer:Consumer.getmany",  # calls _to_message only for what it yields
-    "faust.transport.consumer:Consumer._wait_next_records",
-    "faust.transport.consumer:ThreadDelegateConsumer._getmany",
-    "faust.transport.consumer:Consumer._drain_messages",  # gap and drop decisions by _read_offset
-    "faust.transport.consumer:Consumer._new_offset",
-    "faust.transport.consumer:Consumer._acked",  # instance attributes, declared as class annotations
-    "faust.transport.consumer:Consumer._acked_index",
-    "faust.transport.consumer:Consumer._committed_offset",
-    "faust.transport.consumer:Consumer._read_offset",
-    "faust.transport.drivers.aiokafka:Consumer._to_message",
-    "faust.transport.drivers.aiokafka:Consumer._new_consumer_thread",
-    "faust.transport.drivers.aiokafka:AIOKafkaConsumerThread._create_worker_consumer",
-    "aiokafka.consumer.fetcher:PartitionRecords._unpack_records",  # replaced for raw records
-    "aiokafka.consumer.fetcher:READ_UNCOMMITTED",
-    "faust.transport.drivers:TRANSPORTS.aliases",
-    "faust.tables.recovery:Recovery._resume_streams",  # perform_seek, flow_control.resume, resume_flow
-    "faust.tables.recovery:Recovery.on_recovery_completed",  # the same order
-)
-"""Private Faust names this module overrides or relies on (see the module docstring)."""
 
-_OFFSET, _KEY, _VALUE = attrgetter("offset"), attrgetter("key"), attrgetter("value")
 _RecordMap = Mapping[TP, list[Any]]  # Faust's RecordMap: records of a fetch per partition
 
-
-@dataclass(frozen=True, slots=True)
-class _Fetched:
-    """One partition's records of a fetch, standing in for them in Faust's record map."""
-
-    records: list[Any]  # aiokafka ConsumerRecord (aiokafka ships no type information)
-    start: int  # first offset this batch stands for (its span's start)
-    moves: int  # how often its partition had been repositioned when it was fetched
+# How long a librdkafka fetch waits for records when nothing else is to be read,
+# and how long aiokafka waits for the other topics when librdkafka had nothing:
+# bounds on how long a seek or a revocation waits for the fetch lock.
+_RDKAFKA_WAIT_S = 0.2
+_OTHERS_WAIT_S = 0.05
 
 
 class BatchConsumer(aiokafka_driver.Consumer):
@@ -121,10 +110,29 @@ class BatchConsumer(aiokafka_driver.Consumer):
         self._spans: defaultdict[TP, dict[int, int]] = defaultdict(dict)  # last offset -> span start
         self._expect: dict[TP, int] = {}  # offset each batch tp's next batch starts at
         self._moves: defaultdict[TP, int] = defaultdict(int)  # seeks and revocations per tp
-        self._held: dict[TP, list[Any]] = {}  # records fetched but not handed over while holding
+        self._held: dict[TP, Columns] = {}  # records fetched but not handed over while holding
         self._seeks_running = 0
         self._hold_until_resume = False
         self._fetch_lock = asyncio.Lock()  # a fetch and a seek never overlap
+        self._rdkafka: RdkafkaFetcher | None = None
+        self._fetcher_chosen = False
+
+    def _librdkafka(self) -> RdkafkaFetcher | None:
+        # Chosen once, on first use: the app declares it after building, before starting.
+        if not self._fetcher_chosen:
+            self._fetcher_chosen = True
+            config = librdkafka_config(self.app)
+            if config is not None and batch_topics(self.app):
+                self._rdkafka = RdkafkaFetcher.for_app(self.app, config, transactions=self.in_transaction)
+                logger.info("batch topics are fetched with librdkafka")
+        return self._rdkafka
+
+    def fetched_elsewhere(self, partitions: set[TP]) -> set[TP]:
+        """Of ``partitions``, those librdkafka fetches: aiokafka keeps them paused."""
+        if self._librdkafka() is None:
+            return set()
+        topics = batch_topics(self.app)
+        return {tp for tp in partitions if tp.topic in topics}
 
     def _new_consumer_thread(self) -> aiokafka_driver.AIOKafkaConsumerThread:
         return LightConsumerThread(self, loop=self.loop, beacon=self.beacon)
@@ -141,7 +149,10 @@ class BatchConsumer(aiokafka_driver.Consumer):
         topics = batch_topics(self.app)
         if not topics:
             return await super()._getmany(active_partitions, timeout)
+        rdkafka = self._librdkafka()
         async with self._fetch_lock:
+            if rdkafka is not None:
+                return await self._getmany_rdkafka(rdkafka, topics, active_partitions, timeout)
             # While holding, leave batch partitions in aiokafka's hands: nothing read, nothing lost.
             if self._holding and active_partitions:
                 active_partitions = {tp for tp in active_partitions if tp.topic not in topics}
@@ -150,9 +161,40 @@ class BatchConsumer(aiokafka_driver.Consumer):
                     return {}
             return await super()._getmany(active_partitions, timeout)
 
+    async def _getmany_rdkafka(
+        self, rdkafka: RdkafkaFetcher, topics: frozenset[str], active: set[TP] | None, timeout: float
+    ) -> _RecordMap:
+        # Batch partitions from librdkafka, the others from aiokafka: whichever is idle
+        # waits no longer than a moment while the other may have records.
+        others = {tp for tp in (self.assignment() if active is None else active) if tp.topic not in topics}
+        fetched: dict[TP, Columns] = {}
+        if not self._holding:
+            wait = 0.0 if others else min(timeout, _RDKAFKA_WAIT_S)
+            fetched = await rdkafka.fetch(self._paused_partitions, wait)
+        records: dict[TP, list[Any]] = {}
+        if others:
+            records.update(await super()._getmany(others, 0.0 if fetched else min(timeout, _OTHERS_WAIT_S)))
+        elif not fetched and self._holding:
+            await asyncio.sleep(min(timeout, _OTHERS_WAIT_S))
+        # Faust's getmany yields active and buffer-full partitions only: keep the others'
+        # records (a pause that came during the fetch) until they are again.
+        buffered = self._buffered_partitions
+        for tp, columns in fetched.items():
+            if active is None or tp in active or tp in buffered:
+                self._add_batch(records, tp, columns)
+            else:
+                held = self._held.get(tp)
+                self._held[tp] = held.then(columns) if held else columns
+        if not self._holding:
+            for tp in [tp for tp in self._held if tp not in records and (active is None or tp in active)]:
+                self._add_batch(records, tp, None)
+        return records
+
     async def _wait_next_records(self, timeout: float) -> tuple[_RecordMap | None, set[TP] | None]:
         records, active = await super()._wait_next_records(timeout)
         topics = batch_topics(self.app)
+        if self._rdkafka is not None:
+            return records, active  # folded as fetched
         if topics and (records or (self._held and not self._holding)):
             records = self._fold(records or {}, topics, active)
         return records, active
@@ -164,51 +206,54 @@ class BatchConsumer(aiokafka_driver.Consumer):
             if tp.topic not in topics:
                 folded[tp] = fetched
             else:
-                self._add_batch(folded, tp, fetched)
+                self._add_batch(folded, tp, columns_of(fetched))
         if not self._holding:
             for tp in [tp for tp in self._held if tp not in folded and (active is None or tp in active)]:
-                self._add_batch(folded, tp, [])
+                self._add_batch(folded, tp, None)
         return folded
 
-    def _add_batch(self, folded: dict[TP, list[Any]], tp: TP, fetched: list[Any]) -> None:
+    def _add_batch(self, folded: dict[TP, list[Any]], tp: TP, fetched: Columns | None) -> None:
         held = self._held.pop(tp, None)
-        records = held + fetched if held else fetched
+        columns = held.then(fetched) if held and fetched else held or fetched
+        if columns is None:
+            return
         expected = self._expect.get(tp)
-        if expected is not None and records and records[0].offset < expected:
-            kept = [record for record in records if record.offset >= expected]
-            logger.info("%s: dropped %d records before offset %d", tp, len(records) - len(kept), expected)
-            records = kept
-        if records:
-            folded[tp] = [_Fetched(records, records[0].offset if expected is None else expected, self._moves[tp])]
+        if expected is not None:
+            kept = columns.from_offset(expected)
+            if kept is not columns:
+                logger.info("%s: dropped %d records before offset %d", tp, len(columns) - len(kept or ()), expected)
+            columns = kept
+        if columns:
+            start = columns.offsets[0] if expected is None else expected
+            folded[tp] = [Fetched(columns, start, self._moves[tp])]
 
     def _to_message(self, tp: TP, record: Any) -> ConsumerMessage:
-        if not isinstance(record, _Fetched):
+        if not isinstance(record, Fetched):
             return super()._to_message(tp, record)
-        records = record.records
-        last = records[-1]
+        columns = record.columns
+        last = columns.offsets[-1]
         # Called only for what getmany yields: a fetch abandoned on a rebalance leaves no trace.
         if record.moves != self._moves[tp] or self._holding:
             # Not now: a seek moved the partition since (it reads these again), or one is
             # under way (keep them for later). With the read offset past L, the drain drops it.
             if record.moves == self._moves[tp]:
-                self._held[tp] = records + self._held.get(tp, [])
-            self._read_offset[tp] = last.offset + 1
+                held = self._held.get(tp)
+                self._held[tp] = columns.then(held) if held else columns
+            self._read_offset[tp] = last + 1
         else:
-            self._spans[tp][last.offset] = record.start
-            self._expect[tp] = last.offset + 1
+            self._spans[tp][last] = record.start
+            self._expect[tp] = last + 1
             # The batch is read: with the read offset at L, Faust's drain neither records
             # a gap (which would include L itself) nor drops the message.
-            self._read_offset[tp] = last.offset
-        # map/attrgetter: the per-record cost here bounds the rate (~0.35 us vs 0.5 us a record).
-        values = list(map(_VALUE, records))
-        batch = RawBatch(list(map(_OFFSET, records)), list(map(_KEY, records)), values)
-        timestamp: float = last.timestamp / 1000.0  # aiokafka: ms since the epoch, always set
+            self._read_offset[tp] = last
+        values = columns.values
+        batch = RawBatch(columns.offsets, columns.keys, values)
         return ConsumerMessage(
             topic=tp.topic,  # raw records carry neither topic nor partition
             partition=tp.partition,
-            offset=last.offset,
-            timestamp=timestamp,
-            timestamp_type=last.timestamp_type,
+            offset=last,
+            timestamp=columns.timestamp_ms / 1000.0,
+            timestamp_type=columns.timestamp_type,
             headers=[],
             key=None,
             value=batch,  # type: ignore[arg-type]  # typed bytes by Faust; RawBatchSchema passes it on
@@ -256,30 +301,47 @@ class BatchConsumer(aiokafka_driver.Consumer):
         finally:
             self._seeks_running -= 1
 
-    def _moved(self, targets: Mapping[TP, int]) -> None:
-        # Partitions a seek moved: what was fetched of them before is read again from ``offset``.
+    async def _moved(self, targets: Mapping[TP, int | None]) -> None:
+        # Partitions a seek moved: what was fetched of them before is read again from
+        # the offset (None: where the reset policy says, known when it arrives).
         topics = batch_topics(self.app)
-        for tp, offset in targets.items():
-            if offset >= 0 and tp.topic in topics:
-                self._moves[tp] += 1
-                self._held.pop(tp, None)
+        moved = {tp: offset for tp, offset in targets.items() if tp.topic in topics}
+        if self._rdkafka is not None:
+            await self._rdkafka.place(moved)
+        for tp, offset in moved.items():
+            self._moves[tp] += 1
+            self._held.pop(tp, None)
+            if offset is not None and offset >= 0:
                 self._expect[tp] = offset
+            else:
+                self._expect.pop(tp, None)
+
+    def _fetched_by_rdkafka(self, targets: Mapping[TP, int]) -> dict[TP, int]:
+        # Seeks of partitions librdkafka does not fetch (yet) wait for seek_to_committed.
+        rdkafka = self._rdkafka
+        return {tp: offset for tp, offset in targets.items() if rdkafka is None or tp in rdkafka.assigned}
 
     async def seek(self, partition: TP, offset: int) -> None:
         async with self._seeking():
             await super().seek(partition, offset)
-            self._moved({partition: offset})
+            await self._moved(self._fetched_by_rdkafka({partition: offset}))
 
     async def seek_wait(self, partitions: Mapping[TP, int]) -> None:
         async with self._seeking():
             await super().seek_wait(partitions)
-            self._moved(partitions)
+            await self._moved(self._fetched_by_rdkafka(partitions))
 
     async def seek_to_committed(self) -> Mapping[TP, int]:
+        rdkafka = self._librdkafka()
         async with self._seeking():
             committed = self._resume_where_state_says(await super().seek_to_committed())
-            # aiokafka moves only partitions with a committed offset above 0.
-            self._moved({tp: offset for tp, offset in committed.items() if offset and offset > 0})
+            if rdkafka is None:
+                # aiokafka moves only partitions with a committed offset above 0.
+                await self._moved({tp: offset for tp, offset in committed.items() if offset and offset > 0})
+            else:
+                # librdkafka starts every assigned batch partition here, and only here.
+                topics = batch_topics(self.app)
+                await self._moved({tp: committed.get(tp) for tp in self.assignment() if tp.topic in topics})
             # Faust follows perform_seek with app.flow_control.resume(), which empties the
             # streams' queues, then resume_flow(): hold batches until then, or they are lost.
             self._hold_until_resume = True
@@ -310,12 +372,31 @@ class BatchConsumer(aiokafka_driver.Consumer):
         super().resume_flow()
 
     async def on_partitions_revoked(self, revoked: set[TP]) -> None:
+        if self._rdkafka is not None:
+            # Stop fetching them first (after a fetch under way): another worker reads them next.
+            async with self._fetch_lock:
+                await self._rdkafka.drop(revoked)
+                for tp in revoked:
+                    self._moves[tp] += 1
         await super().on_partitions_revoked(revoked)
         for tp in revoked:
             self._moves[tp] += 1  # in-flight batches of it are no longer ours
             self._spans.pop(tp, None)
             self._expect.pop(tp, None)
             self._held.pop(tp, None)
+
+    def highwater(self, tp: TP) -> int:
+        rdkafka = self._rdkafka
+        if rdkafka is not None and tp in rdkafka.assigned:
+            end: Any = rdkafka.highwater(tp)  # None until fetched, as aiokafka's
+            return end  # type: ignore[no-any-return]
+        return super().highwater(tp)
+
+    async def on_stop(self) -> None:
+        await super().on_stop()
+        if self._rdkafka is not None:
+            async with self._fetch_lock:
+                await self._rdkafka.close()
 
 
 class BatchTransport(aiokafka_driver.Transport):

@@ -24,6 +24,7 @@ from typing import Any
 
 import aiokafka.errors as Errors  # noqa: N812  # aiokafka's own spelling
 from aiokafka.consumer import fetcher as aiokafka_fetcher
+from aiokafka.structs import TopicPartition
 from faust.transport.drivers import aiokafka as aiokafka_driver
 from faust.types.tuples import TP
 
@@ -106,8 +107,27 @@ def install_light_records() -> None:
 class LightConsumerThread(aiokafka_driver.AIOKafkaConsumerThread):
     """Faust's aiokafka consumer thread whose consumer gets raw records for some topics.
 
-    The owning consumer must have a ``wants_raw_records(topic) -> bool`` method.
+    The owning consumer must have a ``wants_raw_records(topic) -> bool`` method, and a
+    ``fetched_elsewhere(partitions) -> set`` one naming the partitions aiokafka must
+    leave paused (another fetcher reads them).
     """
+
+    async def on_partitions_assigned(self, assigned: set[Any], generation_id: int = 0) -> None:
+        # In aiokafka's thread, before Faust hears of the assignment: aiokafka then
+        # never fetches (nor buffers) what another fetcher reads. A new assignment
+        # starts unpaused, so this runs on every rebalance.
+        elsewhere = self.consumer.fetched_elsewhere(assigned)  # type: ignore[attr-defined]
+        if elsewhere:
+            self._ensure_consumer().pause(*(TopicPartition(tp.topic, tp.partition) for tp in elsewhere))
+        await super().on_partitions_assigned(assigned, generation_id)
+
+    def _verify_aiokafka_event_path(self, now: float, tp: Any) -> bool:
+        # Faust's livelock check logs an ERROR every few seconds for a partition that
+        # aiokafka has not fetched for a while: true, and expected, of one it keeps paused.
+        if self.consumer.fetched_elsewhere({tp}):  # type: ignore[attr-defined]
+            return False
+        verified: bool = super()._verify_aiokafka_event_path(now, tp)
+        return verified
 
     async def seek_to_committed(self) -> Mapping[TP, int | None]:  # type: ignore[override]
         # One OffsetFetch for every assigned partition, not one per partition. None for

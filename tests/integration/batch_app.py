@@ -3,7 +3,8 @@
 Run as ``python -m tests.integration.batch_app`` with these environment variables:
 ``BATCH_APP_BOOTSTRAP``, ``BATCH_APP_ID``, ``BATCH_APP_TOPIC`` (batch-delivered),
 ``BATCH_APP_SINGLES`` (delivered per record), ``BATCH_APP_EVENTS`` (a JSON-lines
-file the agents append one line per event to) and ``BATCH_APP_DATADIR``.
+file the agents append one line per event to), ``BATCH_APP_DATADIR`` and, optionally,
+``BATCH_APP_FETCHER`` (``librdkafka``: fetch the batch topic with librdkafka).
 
 The batch agent counts records per partition into a table (raw codec, so the
 changelog carries the counts as ASCII), which makes Faust route each write to the
@@ -19,7 +20,7 @@ from typing import Any, TextIO
 
 import faust
 
-from pipeline.transport import RawBatch, batch_topic, register_transport
+from pipeline.transport import RawBatch, batch_topic, fetch_with_librdkafka, register_transport
 
 PARTITIONS = 4
 """Partitions of the batch-delivered topic (and of the table)."""
@@ -44,6 +45,8 @@ def build(env: dict[str, str], events: TextIO) -> faust.App:
         broker_max_poll_records=500,
         broker_commit_interval=1.0,
     )
+    if env.get("BATCH_APP_FETCHER") == "librdkafka":
+        fetch_with_librdkafka(app, {"bootstrap.servers": env["BATCH_APP_BOOTSTRAP"]})
     numbers = batch_topic(app, env["BATCH_APP_TOPIC"], partitions=PARTITIONS, internal=False)
     singles = app.topic(
         env["BATCH_APP_SINGLES"], key_type=bytes, value_type=bytes, partitions=SINGLES_PARTITIONS, internal=False

@@ -120,7 +120,8 @@ class Deployment:
         tmp.mkdir(parents=True, exist_ok=True)
         self.tmp = tmp
         self.env = (
-            {key: value for key, value in os.environ.items() if not key.startswith("DMEDIAN_")}
+            # DMEDIAN_FETCHER passes through: the suite runs on either fetcher of the input.
+            {k: v for k, v in os.environ.items() if k == "DMEDIAN_FETCHER" or not k.startswith("DMEDIAN_")}
             | {
                 "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
                 "DMEDIAN_APP_ID": f"test-{run}",

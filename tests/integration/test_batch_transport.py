@@ -5,7 +5,8 @@ batch-delivered topic and one on a per-record topic; every event it sees goes to
 JSON-lines file. The tests prove that each record arrives exactly once, in
 contiguous batches; that a clean stop commits up to the end offsets, so a restarted
 worker resumes exactly there; that the per-record topic is untouched; and that
-table writes from batch events land in the batch's changelog partition.
+table writes from batch events land in the batch's changelog partition. Each test runs
+with either fetcher of the batch topic (aiokafka, librdkafka).
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ class Names:
 class Worker:
     """One ``batch_app`` worker process; its events go to ``events_path``."""
 
-    def __init__(self, bootstrap: str, names: Names, tmp: Path, name: str) -> None:
+    def __init__(self, bootstrap: str, names: Names, tmp: Path, name: str, fetcher: str) -> None:
         self.events_path = tmp / f"{name}.events.jsonl"
         self.log_path = tmp / f"{name}.log"
         self.env = os.environ | {
@@ -65,6 +66,7 @@ class Worker:
             "BATCH_APP_SINGLES": names.singles,
             "BATCH_APP_EVENTS": str(self.events_path),
             "BATCH_APP_DATADIR": str(tmp / f"{name}-data"),
+            "BATCH_APP_FETCHER": fetcher,
         }
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
@@ -121,12 +123,14 @@ def names(kafka: BrokerHandle) -> Names:
     return names
 
 
-@pytest.fixture
-def workers(kafka: BrokerHandle, names: Names, tmp_path: Path) -> Iterator[Callable[[str], Worker]]:
+@pytest.fixture(params=["aiokafka", "librdkafka"])
+def workers(
+    kafka: BrokerHandle, names: Names, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[Callable[[str], Worker]]:
     started: list[Worker] = []
 
     def start(name: str) -> Worker:
-        started.append(Worker(kafka.bootstrap, names, tmp_path, name))
+        started.append(Worker(kafka.bootstrap, names, tmp_path, name, request.param))
         return started[-1]
 
     yield start

@@ -1,0 +1,30 @@
+"""The private Faust and aiokafka names the batch transport depends on, for a guard test."""
+
+from __future__ import annotations
+
+__all__ = ["FAUST_INTERNALS"]
+
+FAUST_INTERNALS = (
+    "faust.transport.consumer:Consumer.getmany",  # calls _to_message only for what it yields
+    "faust.transport.consumer:Consumer._wait_next_records",
+    "faust.transport.consumer:ThreadDelegateConsumer._getmany",
+    "faust.transport.consumer:Consumer._drain_messages",  # gap and drop decisions by _read_offset
+    "faust.transport.consumer:Consumer._new_offset",
+    "faust.transport.consumer:Consumer._acked",  # instance attributes, declared as class annotations
+    "faust.transport.consumer:Consumer._acked_index",
+    "faust.transport.consumer:Consumer._committed_offset",
+    "faust.transport.consumer:Consumer._read_offset",
+    "faust.transport.consumer:Consumer._paused_partitions",  # Faust's pauses, mirrored for librdkafka
+    "faust.transport.consumer:Consumer._buffered_partitions",  # getmany yields these too
+    "faust.transport.consumer:ConsumerThread.on_partitions_assigned",  # batch partitions paused in aiokafka
+    "faust.transport.drivers.aiokafka:Consumer._to_message",
+    "faust.transport.drivers.aiokafka:Consumer._new_consumer_thread",
+    "faust.transport.drivers.aiokafka:AIOKafkaConsumerThread._create_worker_consumer",
+    "faust.transport.drivers.aiokafka:AIOKafkaConsumerThread._verify_aiokafka_event_path",  # not for paused ones
+    "aiokafka.consumer.fetcher:PartitionRecords._unpack_records",  # replaced for raw records
+    "aiokafka.consumer.fetcher:READ_UNCOMMITTED",
+    "faust.transport.drivers:TRANSPORTS.aliases",
+    "faust.tables.recovery:Recovery._resume_streams",  # perform_seek, flow_control.resume, resume_flow
+    "faust.tables.recovery:Recovery.on_recovery_completed",  # the same order
+)
+"""Private Faust and aiokafka names the batch transport overrides or relies on (see ``batching``'s docstring)."""
