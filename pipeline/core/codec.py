@@ -10,9 +10,13 @@ A message value on the input topic is one of:
 Anything else is rejected with a reason from :class:`Reason`. A batch with
 some bad elements keeps its good numbers and reports the bad ones.
 
-The fast paths do no per-number Python work: runs of plain JSON messages are
-joined and parsed by one ``orjson.loads`` call, arrays are checked for stray
-characters with one ``bytes.translate`` call, and finiteness is checked by numpy.
+The fast paths do no per-number Python work. A batch of one well-formed kind is
+decoded whole (:mod:`pipeline.core.codec_whole`), its kind told by its first
+value's first bytes: plain JSON numbers or flat arrays are joined, checked for
+stray characters by one ``bytes.translate`` and parsed by one ``orjson.loads``;
+float64 blocks are copied into one buffer. Otherwise runs of plain JSON messages
+are still joined and parsed together, each array is checked by one
+``translate``, and finiteness is checked by numpy.
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
+from pipeline.core.codec_whole import FLOAT64_MAGIC, NUMERIC_JSON_BYTES, SCALAR_FAST_PATH_BYTES, decode_whole
+
 __all__ = [
     "FLOAT64_MAGIC",
     "BadElement",
@@ -42,18 +48,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-FLOAT64_MAGIC = b"DMF8"
-"""Prefix of a packed little-endian float64 block (JSON can never start with ``D``)."""
-
 FloatArray = npt.NDArray[np.float64]
 _EMPTY = np.empty(0, dtype=np.float64)
-
-# Bytes that can appear in a JSON number or an array of numbers. A value made of
-# only these (with one leading ``[`` and one trailing ``]``) is a flat numeric
-# array: no strings, booleans, nulls, objects or nesting can hide in it.
-_NUMERIC_JSON_BYTES = b"0123456789+-.eE, \t\r\n"
-# Values up to this size may be JSON scalars and join the one-parse fast path.
-_SCALAR_FAST_PATH_BYTES = 64
 
 
 class Reason(enum.StrEnum):
@@ -131,19 +127,19 @@ def encode_float64_block(values: Sequence[float] | FloatArray) -> bytes:
 def decode_batch(values: Sequence[bytes | None], options: CodecOptions = CodecOptions()) -> DecodedBatch:
     """Decode many message values at once.
 
-    The common case, a run of well-formed plain JSON values, is parsed as one
-    joined JSON array; only when that fails does each value get its own parse.
+    The common case, a batch of one well-formed kind (what a producer sends), is
+    decoded whole; only when that fails does each value get its own parse.
     """
     if not values:
         return DecodedBatch(_EMPTY)
-    whole = _decode_all_scalars(values, options)
+    whole = decode_whole(values, options.max_value_bytes, options.accept_infinity)
     if whole is not None:
         return DecodedBatch(whole)
     chunks: list[FloatArray] = []
     rejections: list[Rejection] = []
     json_run: list[int] = []
     for index, value in enumerate(values):
-        short = len(value or b"") <= min(_SCALAR_FAST_PATH_BYTES, options.max_value_bytes)
+        short = len(value or b"") <= min(SCALAR_FAST_PATH_BYTES, options.max_value_bytes)
         if value and short and value[:4] != FLOAT64_MAGIC and value[0:1] != b"[":
             json_run.append(index)
             continue
@@ -175,32 +171,6 @@ def decode_value(
     return _decode_json(value, options, index)
 
 
-def _decode_all_scalars(values: Sequence[bytes | None], options: CodecOptions) -> FloatArray | None:
-    """The numbers of a batch made only of well-formed JSON scalars, else None.
-
-    The whole batch is one join, one ``translate`` check and one parse, with no
-    Python work per value: single-number messages are the most common input and
-    the most expensive per number.
-    """
-    try:
-        joined = b",".join(values)  # type: ignore[arg-type]  # a None value raises TypeError
-    except TypeError:
-        return None
-    # Brackets, letters and quotes fail the check, so arrays, float64 blocks and
-    # anything that is not a plain number take the careful path.
-    if joined.translate(None, _NUMERIC_JSON_BYTES) or max(map(len, values)) > options.max_value_bytes:  # type: ignore[arg-type]
-        return None
-    try:
-        parsed = orjson.loads(b"[" + joined + b"]")
-    except orjson.JSONDecodeError:
-        return None  # e.g. an empty value (two commas in a row) or "1.2.3"
-    # Equal lengths prove no value held a comma that split it into two numbers.
-    if len(parsed) != len(values):
-        return None
-    array = np.asarray(parsed, dtype=np.float64)
-    return array if np.isfinite(array).all() else None
-
-
 def _decode_json_scalars(
     values: Sequence[bytes | None],
     indices: list[int],
@@ -209,7 +179,7 @@ def _decode_json_scalars(
     rejections: list[Rejection],
 ) -> None:
     joined = b"[" + b",".join(values[i] or b"" for i in indices) + b"]"
-    if not joined[1:-1].translate(None, _NUMERIC_JSON_BYTES):
+    if not joined[1:-1].translate(None, NUMERIC_JSON_BYTES):
         try:
             parsed = orjson.loads(joined)
         except orjson.JSONDecodeError:
@@ -240,7 +210,7 @@ def _decode_float64_block(value: bytes, options: CodecOptions, index: int) -> tu
 def _decode_json(value: bytes, options: CodecOptions, index: int) -> tuple[FloatArray, Rejection | None]:
     stripped = value.strip()
     flat = stripped[:1] == b"[" and stripped[-1:] == b"]" and stripped.count(b"[") == 1
-    if flat and not stripped[1:-1].translate(None, _NUMERIC_JSON_BYTES):
+    if flat and not stripped[1:-1].translate(None, NUMERIC_JSON_BYTES):
         # Flat array of numbers only: one parse, one conversion.
         try:
             return _parsed_array(_loads(stripped), options, index)

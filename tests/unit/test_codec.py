@@ -32,11 +32,11 @@ def same_floats(actual: np.ndarray, expected: list[float] | np.ndarray) -> bool:
     return actual.dtype == np.float64 and actual.tobytes() == expected_array.tobytes()
 
 
-def decode_each(values: list[bytes | None]) -> DecodedBatch:
+def decode_each(values: list[bytes | None], options: CodecOptions = CodecOptions()) -> DecodedBatch:
     """The reference: every value decoded on its own, then concatenated."""
     arrays, rejections = [], []
     for index, value in enumerate(values):
-        array, rejection = decode_value(value, CodecOptions(), index)
+        array, rejection = decode_value(value, options, index)
         arrays.append(array)
         if rejection is not None:
             rejections.append(rejection)
@@ -179,6 +179,21 @@ def test_without_accept_infinity_inf_elements_are_dropped_from_float64_blocks() 
     assert (rejection.accepted, rejection.rejected_count) == (2, 3)
 
 
+@pytest.mark.parametrize("accept_infinity", [False, True])
+def test_a_batch_of_float64_blocks_treats_infinity_and_nan_as_each_block_alone(accept_infinity: bool) -> None:
+    # A batch of blocks is decoded as one buffer: the options must still decide per number.
+    options = CodecOptions(accept_infinity=accept_infinity)
+    for bad in ([math.inf], [-math.inf], [math.nan], [math.inf, math.nan]):
+        values = [encode_float64_block([1.0, 2.0]), encode_float64_block([3.0, *bad, 4.0]), encode_float64_block([5.0])]
+        batch = decode_batch(values, options)
+        reference = decode_each(values, options)
+        assert same_floats(batch.values, reference.values)
+        assert batch.rejections == reference.rejections
+        kept_inf = accept_infinity and not any(math.isnan(x) for x in bad)
+        assert (batch.rejections == ()) is kept_inf
+        assert batch.values.flags.writeable
+
+
 def test_json_array_with_bad_elements_keeps_its_numbers() -> None:
     value = b'[1, "a", 1e400, [2], null, true, 2.5, false, {"k": 1}]'
     array, rejection = decode_value(value, index=3)
@@ -256,6 +271,35 @@ def test_decode_batch_of_nothing_is_empty() -> None:
         [b" [1]", b"2"],
         [b"1]", b"[2"],
         [b"", b"1", None, b"2"],
+        # The batch path is chosen from the first byte and the longest value: blocks and
+        # arrays first or later, short or long, and long scalars, all decode as alone.
+        [encode_float64_block([1.0, 2.0]), b"3", b"4"],
+        [b"1", b"2", encode_float64_block(np.arange(20.0))],
+        [b"1", encode_float64_block([2.0]), b"3"],
+        [b"[1, 2]", b"3"],
+        [b"1", b"[2, 3]"],
+        [b"1", b" " * 70 + b"2", b"3"],
+        [b"1", None],
+        [b"D", b"1"],
+        # Batches of arrays are joined into one: an empty or ragged one must not hide.
+        [b"[1, 2]", b"[3]", b"[4.5, -6e2]"],
+        [b"[]"],
+        [b"[ ]"],
+        [b"[1]", b"[]", b"[2]"],
+        [b"[1]", b"[]"],
+        [b"[]", b"[1]"],
+        [b"[1,]", b"[2]"],
+        [b"[1]", b"[,2]"],
+        [b"[1]", b"[2 3]"],
+        [b"[1]", b"[1e400]", b"[2]"],
+        [b"[1]", b"[[2]]"],
+        [b"[1]", b'["2"]'],
+        [b"[1] ", b"[2]"],
+        [b"[1]", b"2"],
+        [b"[1]", encode_float64_block([2.0])],
+        [b"[1", b"2]"],
+        [b"[0]", b"[1 2", b"[3]"],
+        [b"[0]", b"1 2]", b"[3]"],
     ],
 )
 def test_joined_scalar_path_matches_decoding_each_value_alone(values: list[bytes | None]) -> None:
@@ -312,6 +356,32 @@ def test_finite_floats_round_trip_exactly_through_every_format(numbers: list[flo
     for decoded in (singles, array, block):
         assert decoded.rejections == ()
         assert same_floats(decoded.values, numbers)
+
+
+ARRAY_TEXT = st.text(alphabet="0123456789+-.eE, \t[]", max_size=10).map(lambda t: f"[{t}]".encode())
+
+
+@FAST
+@given(st.lists(st.one_of(ARRAY_TEXT, FINITE.map(lambda x: orjson.dumps([x, -x]))), min_size=1, max_size=8))
+def test_a_batch_of_arrays_decodes_as_each_array_alone(values: list[bytes | None]) -> None:
+    batch = decode_batch(values)
+    reference = decode_each(values)
+    assert same_floats(batch.values, reference.values)
+    assert batch.rejections == reference.rejections
+
+
+@pytest.mark.parametrize("bad", [None, b"[]", b"[1e400]", b"[1, null]"])
+def test_a_batch_of_arrays_larger_than_one_joined_parse_decodes_as_each_alone(bad: bytes | None) -> None:
+    # Megabytes of arrays are parsed a part at a time: no message may be lost or doubled at a seam.
+    rng = np.random.default_rng(3)
+    values: list[bytes | None] = [orjson.dumps(rng.normal(0, 1e6, 1000).tolist()) for _ in range(150)]
+    if bad is not None:
+        values[-3] = bad
+    batch = decode_batch(values)
+    reference = decode_each(values)
+    assert same_floats(batch.values, reference.values)
+    assert batch.rejections == reference.rejections
+    assert batch.values.size == 150_000 - (bad is not None) * (1000 - int(bad == b"[1, null]"))
 
 
 @FAST
