@@ -197,8 +197,12 @@ class BudgetTracker:
     """Numbers observed since the last snapshot (U)."""
     view: GlobalView | None = None
     """The latest record seen (None: no record yet)."""
-    grid: npt.NDArray[np.float64] = field(default_factory=lambda: np.empty(0))
-    """Sorted grid values, fixed at the last snapshot (empty: no bounds better than 0 and U)."""
+    _grid: npt.NDArray[np.float64] = field(default_factory=lambda: np.empty(0), init=False, repr=False)
+    """Sorted grid values (see :attr:`grid`)."""
+    _grid_from: datasketches.kll_doubles_sketch | None = field(default=None, init=False, repr=False)
+    """The shard's sketch, while the grid a snapshot asked for is not laid yet (None: laid)."""
+    _grid_view: GlobalView | None = field(default=None, init=False, repr=False)
+    """The record the grid goes around: the latest at the snapshot."""
     answered: bool = False
     """Whether a snapshot went out since :attr:`view` arrived. Then no record the shard knows
     reflects it yet, and another snapshot would not change what the latest record covers:
@@ -227,14 +231,40 @@ class BudgetTracker:
             self._quiet_until = -1  # new values and a new allowance: the next call checks
 
     def anchor(self, sketch: datasketches.kll_doubles_sketch | None) -> None:
-        """A snapshot was sent: nothing is unsent any more; lay a new grid around the latest values."""
+        """A snapshot was sent: nothing is unsent any more; a new grid goes around the latest values.
+
+        The grid is laid when first needed (the next numbers, or a look at it), from ``sketch``
+        as it is then: the tracker keeps a reference to it, and the caller may go on updating it.
+        Most of a snapshot's cost was laying the grid (a hundred quantile look-ups), and a shard
+        that gets no number before its next snapshot, or goes to another worker, needs none:
+        after a takeover, the first snapshots of thousands of restored shards cost a tick half.
+        Any grid gives sound bounds (the counts at it are exact); a later sketch only centres
+        it on more of the shard's numbers. It goes around the values of the latest record at
+        the snapshot, as if laid then.
+        """
         self.unsent = 0
         self.answered = self.view is not None
-        self.grid = _grid_around(self.view, self.expected, sketch, self.effective_theta, self.options)
-        self._counted = np.zeros(self.grid.size, dtype=np.int64)
+        self._grid_from, self._grid_view = sketch, self.view
+        if sketch is None:  # nothing to look up: the grid is the served values, laid now
+            self._lay()
         self._uncounted.clear()  # numbers the snapshot now reflects: never counted, never needed
         self._uncounted_size = 0
         self._quiet_until = -1
+
+    def _lay(self) -> None:
+        """Lay the grid the last snapshot asked for (no number is unsent or counted yet)."""
+        view = self._grid_view
+        self._grid = _grid_around(view, self.expected, self._grid_from, self._theta_for(view), self.options)
+        self._grid_from = self._grid_view = None
+        self._counted = np.zeros(self._grid.size, dtype=np.int64)
+
+    @property
+    def grid(self) -> npt.NDArray[np.float64]:
+        """Sorted grid values, fixed from the first numbers after the last snapshot (empty: no
+        bounds better than 0 and U)."""
+        if self._grid_from is not None:
+            self._lay()
+        return self._grid
 
     def observe(self, values: npt.NDArray[np.float64]) -> None:
         """Note one batch of accepted numbers: O(1), they are counted when a check needs them.
@@ -243,8 +273,10 @@ class BudgetTracker:
         """
         if values.size == 0:
             return
+        if self._grid_from is not None:
+            self._lay()  # before any unsent number: every one of them is counted against it
         self.unsent += int(values.size)
-        if self.grid.size:
+        if self._grid.size:
             self._uncounted.append(values)
             self._uncounted_size += int(values.size)
             if self._uncounted_size >= self.options.max_uncounted:
@@ -253,7 +285,7 @@ class BudgetTracker:
     def _count(self) -> None:
         """Count the kept batches against the grid (exactly; see :func:`_at_or_below`)."""
         if self._uncounted:
-            self._counted += _at_or_below(self._uncounted, self.grid)
+            self._counted += _at_or_below(self._uncounted, self._grid)
             self._uncounted.clear()
             self._uncounted_size = 0
 
@@ -265,6 +297,8 @@ class BudgetTracker:
     @property
     def at_or_below(self) -> npt.NDArray[np.int64]:
         """Unsent numbers at or below each grid value (exact: counts whatever is still uncounted)."""
+        if self._grid_from is not None:
+            self._lay()
         self._count()
         return self._counted
 
@@ -280,7 +314,10 @@ class BudgetTracker:
     @property
     def effective_theta(self) -> float:
         """The smaller of the shard's and the record's budget."""
-        theta = self.view.theta if self.view is not None else None
+        return self._theta_for(self.view)
+
+    def _theta_for(self, view: GlobalView | None) -> float:
+        theta = view.theta if view is not None else None
         return self.theta if theta is None else min(self.theta, theta)
 
     def allowance(self) -> float:

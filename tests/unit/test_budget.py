@@ -129,6 +129,37 @@ def test_tracker_grid_is_fine_near_the_tracked_values() -> None:
     assert tracker.grid.size < 2 * (0.02 / 0.00125 + 1) + 102
 
 
+def test_a_snapshots_grid_is_laid_by_the_first_numbers_around_the_record_it_answered() -> None:
+    # Laying the grid is most of a snapshot's cost; a shard that gets no number before its
+    # next snapshot never needs it. When laid, it goes around the record of the snapshot
+    # (not a newer one) and counts every unsent number.
+    rng = np.random.default_rng(11)
+    state = ShardState.empty(0, K)
+    state.apply(rng.normal(size=5_000), 0)
+    tracker = BudgetTracker(0.01, shards_hint=2, expected=(0.5,))
+    eager = BudgetTracker(0.01, shards_hint=2, expected=(0.5,))
+    answered = view(served={0.5: 0.3})
+    for each in (tracker, eager):
+        each.see(answered)
+    eager.anchor(state.sketch)
+    eager_grid = eager.grid.copy()  # laid at the snapshot
+    tracker.anchor(state.sketch)
+    assert tracker.unsent == 0
+    assert not tracker.over_budget()
+    tracker.see(view(served={0.5: -0.4}))  # a newer record before the first numbers
+    fresh = rng.normal(size=3_000)
+    tracker.observe(fresh)
+    assert np.array_equal(tracker.grid, eager_grid)  # the same sketch: the same grid as laid at once
+    assert np.array_equal(tracker.at_or_below, [(fresh <= g).sum() for g in tracker.grid])
+    state.apply(rng.normal(2.0, 1.0, 50_000), 1)  # the sketch moves on after the next snapshot...
+    tracker.anchor(state.sketch)
+    state.apply(rng.normal(2.0, 1.0, 50_000), 2)  # ... and before its first numbers: laid from this one
+    later = rng.normal(size=100)
+    tracker.observe(later)
+    assert tracker.grid.max() > eager_grid.max() + 1.0
+    assert np.array_equal(tracker.at_or_below, [(later <= g).sum() for g in tracker.grid])
+
+
 def test_before_any_record_the_grid_surrounds_the_shards_own_quantiles() -> None:
     state = ShardState.empty(0, K)
     state.apply(np.random.default_rng(4).normal(size=10_000), 0)
