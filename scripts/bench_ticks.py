@@ -14,8 +14,11 @@ the cost of a tick when no shard is due (what an idle shard adds to every tick: 
 goal is a ratio of at most 2 between 10,000 and 10); and the mean cost of a tick
 over one heartbeat period, which includes the heartbeats every idle shard still
 sends once per ``heartbeat_ms`` (their number grows with the shards: about
-shards x tick / heartbeat_ms per tick). The sink's send is free here; through Kafka
-each message costs a producer send on top.
+shards x tick / heartbeat_ms per tick). Last, every shard gets 500 new numbers
+(unsent: a busy worker) and a newer ``medians`` record arrives, moved a little: the
+ticks it took to re-check every shard against it (at most ``PER_TICK`` a tick) and the
+longest of them, with the snapshots the re-checks sent. The sink's send is free here;
+through Kafka each message costs a producer send on top.
 
     .venv/bin/python scripts/bench_ticks.py
     .venv/bin/python scripts/bench_ticks.py --shards 10 1000 10000 --ticks 5000
@@ -43,7 +46,8 @@ from config import load_settings
 from pipeline.app.global_view import MediansFollower
 from pipeline.app.shards import ShardService, shard_key
 from pipeline.core.emission import build_shard_rule
-from pipeline.core.sketch import ShardState
+from pipeline.core.sketch import QuantileBand, ShardState
+from pipeline.core.wire import MedianRecord, QuantileEstimate
 
 START_MS = 1_700_000_000_000
 
@@ -83,6 +87,12 @@ class TickFigures:
     """The longest of those ticks, seconds."""
     tick_ms: int
     """The timer's interval."""
+    recheck_ticks: int = 0
+    """Ticks it took to re-check every busy shard against a newer record."""
+    recheck_max_s: float = 0.0
+    """The longest of those ticks, seconds."""
+    recheck_sent: int = 0
+    """Snapshots those re-checks sent."""
 
 
 def _service(shards: int) -> tuple[ShardService, _Clock, _Sink, int, int]:
@@ -138,7 +148,34 @@ async def _run(shards: int, ticks: int) -> TickFigures:
         await service._flush()
     period_s = (time.perf_counter() - started) / period_ticks
     sent = (sink.messages - before) / period_ticks
-    return TickFigures(shards, idle_s, period_s, sent, announce_ticks, announce_max_s, tick_ms)
+    recheck = await _recheck(service, clock, sink)
+    return TickFigures(shards, idle_s, period_s, sent, announce_ticks, announce_max_s, tick_ms, *recheck)
+
+
+async def _recheck(service: ShardService, clock: _Clock, sink: _Sink) -> tuple[int, float, int]:
+    # Every shard busy (500 unsent numbers, as its batches would leave them), then a newer record.
+    rng = np.random.default_rng(11)
+    now_ms = clock()
+    for shard in service.owned:
+        slot = service._slots[shard]
+        assert slot.state is not None
+        values = rng.normal(0.0, 1.0, 500)
+        slot.state.apply(values, slot.state.last_offset + values.size)
+        slot.emission.observe(slot.state.n, slot.state.last_offset, values, now_ms)
+        service._schedule.touched(shard, service._rule.next_due_ms(slot.emission), slot.emission.changed)
+    median = QuantileBand(0.02, 0.0, 0.04)
+    follower = service._follower
+    follower.latest = MedianRecord(len(service.owned) * 1_500, len(service.owned), median, 0.01,
+                                   (QuantileEstimate(0.5, median),), now_ms, theta=0.005)  # fmt: skip
+    follower.records_read += 1
+    ticks, longest, before = 0, 0.0, sink.messages
+    service._latest_view()  # the record is noted: the shards with unsent numbers are queued
+    while service._schedule.pending_rechecks:
+        started = time.perf_counter()
+        await service._flush()
+        longest = max(longest, time.perf_counter() - started)
+        ticks += 1
+    return ticks, longest, sink.messages - before
 
 
 def tick_figures(shards: int, ticks: int = 2_000) -> TickFigures:
@@ -169,6 +206,9 @@ def main(argv: list[str] | None = None) -> None:
             f"{row.period_s * 1e6:>32.1f} {row.period_s / base.period_s:>7.2f} {row.heartbeats_per_tick:>14.2f}"
         )
     print(f"(timer interval {base.tick_ms} ms; sends cost nothing here)")
+    print(f"{'shards':>8} {'re-check ticks':>15} {'longest ms':>11} {'snapshots sent':>15}")
+    for row in rows:
+        print(f"{row.shards:>8,} {row.recheck_ticks:>15} {row.recheck_max_s * 1e3:>11.1f} {row.recheck_sent:>15,}")
 
 
 if __name__ == "__main__":

@@ -8,8 +8,11 @@ sends the snapshots the rule held back, so the last change always goes out.
 The timer's cost follows change, not the shards owned (:mod:`pipeline.core.deadlines`):
 each shard keeps the deadline its rule gives (idle flush, heartbeat) and a tick
 looks only at the due ones; a newer ``medians`` record is re-checked only by the
-shards with unsent numbers (the others take it when next looked at); a newly
-assigned shard's restored state is announced a bounded number of shards per tick.
+shards with unsent numbers (the others take it when next looked at), a bounded
+number per tick (why that keeps the budget's guarantee: the module docs of
+:mod:`pipeline.core.deadlines`); a newly assigned shard's restored state is
+announced a bounded number of shards per tick. A tick hands the event loop back
+every :data:`YIELD_EVERY` shards, so the agent and the consumer keep running.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import chain
 from typing import Any
 
@@ -44,9 +47,14 @@ __all__ = ["ShardService", "shard_key"]
 logger = logging.getLogger(__name__)
 
 
-# Announcements (and due shards) one tick takes on: a takeover of thousands of shards
-# spreads over ticks instead of stalling the event loop in one.
+# Announcements, due shards and re-checks against a newer record one tick takes on
+# (each): a takeover of thousands of shards, or a record while thousands hold unsent
+# numbers, spreads over ticks instead of stalling the event loop in one.
 PER_TICK = 200
+
+# Shards a tick looks at between two hand-backs to the event loop (a send is one too):
+# a look costs tens of µs, so the agent and the consumer wait a few ms at most for the timer.
+YIELD_EVERY = 32
 
 
 def _now_ms() -> int:
@@ -87,7 +95,13 @@ class ShardService:
         self._clock = clock
         self._records_seen = 0
         self._view: GlobalView | None = None
-        self._schedule = FlushSchedule(PER_TICK)
+        self._schedule = FlushSchedule(PER_TICK, recheck_per_tick=PER_TICK)
+        self._assigned = 0
+        """Shards newly assigned since the last takeover line was logged."""
+        self._announced = 0
+        """Of those, the ones announced by the timer (the rest were read by a batch first)."""
+        self._assigned_at = time.monotonic()
+        self._ticks = _TickLog()
         self._send_lock = asyncio.Lock()
         self._codec = CodecOptions(settings.accept_infinity, settings.max_value_bytes)
         self._slots: dict[int, _Slot] = {}
@@ -229,15 +243,25 @@ class ShardService:
             slot.state = (
                 ShardState.from_bytes(stored) if stored else ShardState.empty(partition, self._settings.sketch_k)
             )
-            logger.info("shard %d: loaded state n=%d last_offset=%d", partition, slot.state.n, slot.state.last_offset)
+            logger.debug("shard %d: loaded state n=%d last_offset=%d", partition, slot.state.n, slot.state.last_offset)
             slot.emission.observe(slot.state.n, slot.state.last_offset)
             self._schedule.announced(partition)
         return slot.state
 
     async def _maybe_emit(self, shard: int, slot: _Slot, now_ms: int) -> None:
+        message = self._evaluate(shard, slot, now_ms)
+        if message is not None:
+            await self._send(message)
+
+    async def _send(self, message: tuple[bytes, bytes]) -> None:
+        async with self._send_lock:
+            await self._sketches.send(key=message[0], value=message[1])
+
+    def _evaluate(self, shard: int, slot: _Slot, now_ms: int) -> tuple[bytes, bytes] | None:
+        # The message the rule asks for now, if any (no await: the tick times its own work with it).
         state, emission = slot.state, slot.emission
         if state is None:
-            return
+            return None
         self._take_view(slot)
         # Each message is made and marked sent before the send's await: the agent and
         # the flush timer run concurrently, and a state that changes during the await
@@ -263,14 +287,12 @@ class ShardService:
             self.heartbeats_sent += 1
         # When to look again without new input (a batch or a newer record looks sooner).
         self._schedule.touched(shard, self._rule.next_due_ms(emission), emission.changed)
-        if message is None:
-            return
-        async with self._send_lock:
-            await self._sketches.send(key=message[0], value=message[1])
+        return message
 
     async def _flush(self) -> None:
         if self._app.rebalancing or getattr(self._app, "in_recovery", False):
             return
+        started = time.perf_counter()
         now_ms = self._clock()
         # A newer record is re-checked by the shards with unsent numbers only: a shard
         # with nothing unsent cannot be over budget, and takes the record when next looked at.
@@ -287,24 +309,78 @@ class ShardService:
             if stored:
                 slot.state = ShardState.from_bytes(stored)
                 slot.emission.observe(slot.state.n, slot.state.last_offset, now_ms=now_ms)
-        for shard in chain(plan.recheck, plan.announce, plan.due):
+        # The tick's own work, without the awaits (sends, hand-backs) during which other tasks run:
+        # what a tick costs the event loop. Faust's "overlapping" warning counts the awaits too.
+        own, resumed, looked = 0.0, started, 0
+        for looked, shard in enumerate(chain(plan.recheck, plan.announce, plan.due), 1):
+            # Looked up after each hand-back too: a shard revoked meanwhile is skipped.
             slot = self._slots.get(shard)
-            if slot is not None:
-                await self._maybe_emit(shard, slot, now_ms)
+            message = self._evaluate(shard, slot, now_ms) if slot is not None else None
+            if message is not None or looked % YIELD_EVERY == 0:
+                own += time.perf_counter() - resumed
+                await (self._send(message) if message is not None else asyncio.sleep(0))
+                resumed = time.perf_counter()
+        self._announced += len(plan.announce)
+        if self._assigned and not self._schedule.pending_announcements:
+            self._log_takeover()
+        self._ticks.add(own + time.perf_counter() - resumed, time.perf_counter() - started, looked)
+
+    def _log_takeover(self) -> None:
+        # One line per rebalance (the per-shard lines are DEBUG: 10,000 of them per takeover).
+        logger.info(
+            "loaded %d newly assigned shards' state in %.1f s (%d announced by the timer, the rest by a batch)",
+            self._assigned, time.monotonic() - self._assigned_at, min(self._announced, self._assigned),
+        )  # fmt: skip
+        self._announced = self._assigned = 0
 
     async def _on_assigned(self, _sender: AppT, assigned: set[TP], **_kwargs: Any) -> None:
         # The full assignment: only shards new to this worker are read and announced.
+        new = 0
         for tp in assigned:
             if tp.topic == self._numbers_topic and tp.partition not in self._slots:
                 self._slot(tp.partition)
                 self._schedule.assigned(tp.partition)
+                new += 1
+        if new:
+            if not self._assigned:
+                self._assigned_at = time.monotonic()
+            self._assigned += new
 
     async def _on_revoked(self, _sender: AppT, revoked: set[TP], **_kwargs: Any) -> None:
         # Another worker may own these next; our cached state would go stale.
+        self._assigned = self._announced = 0  # the takeover line covers the latest assignment
         for tp in revoked:
             if tp.topic == self._numbers_topic:
                 self._slots.pop(tp.partition, None)
                 self._schedule.revoked(tp.partition)
+
+
+@dataclass
+class _TickLog:
+    """The longest flush tick in each window, logged at INFO once per window if it looked at any shard."""
+
+    window_s: float = 10.0
+    own_s: float = 0.0
+    """The longest tick's own work in this window (seconds, awaits excluded)."""
+    wall_s: float = 0.0
+    """Its wall time, the awaits included (what Faust's overlap warning counts)."""
+    looked: int = 0
+    """Shards it looked at."""
+    since: float = field(default_factory=time.monotonic)
+
+    def add(self, own_s: float, wall_s: float, looked: int) -> None:
+        if own_s > self.own_s:
+            self.own_s, self.wall_s, self.looked = own_s, wall_s, looked
+        now = time.monotonic()
+        if now - self.since >= self.window_s:
+            if self.looked:
+                logger.info(
+                    "shards.flush: longest tick in the last %.0f s: %.1f ms of its own work (%d shards), %.1f ms wall",
+                    now - self.since, self.own_s * 1e3, self.looked, self.wall_s * 1e3,
+                )  # fmt: skip
+            self.own_s = self.wall_s = 0.0
+            self.looked = 0
+            self.since = now
 
 
 def _by_partition(events: Sequence[EventT[Any]]) -> dict[int, list[EventT[Any]]]:

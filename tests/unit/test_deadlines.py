@@ -139,6 +139,57 @@ def test_a_newer_record_rechecks_only_the_shards_with_unsent_numbers_once() -> N
     assert schedule.plan(NOW).recheck == ()
 
 
+def test_rechecks_are_spread_over_ticks_first_queued_first_and_each_shard_once() -> None:
+    schedule = FlushSchedule(per_tick=100, recheck_per_tick=3)
+    for shard in range(10):
+        schedule.touched(shard, NOW + 10_000, unsent=shard != 9)  # 9 has nothing unsent
+    schedule.new_record()
+    first = schedule.plan(NOW).recheck
+    assert len(first) == 3
+    for shard in first:
+        schedule.touched(shard, NOW + 10_000, unsent=True)  # looked at, still unsent
+    waiting = sorted(set(range(9)) - set(first))
+    schedule.new_record()  # a newer record: the ones looked at queue again, behind the waiting ones
+    schedule.new_record()  # and another: nobody is queued twice
+    schedule.touched(waiting[0], NOW + 10_000, unsent=True)  # a batch checked it against the newest
+    schedule.revoked(waiting[1])
+    rest: list[int] = []
+    for _ in range(3):
+        rest.extend(schedule.plan(NOW).recheck)
+    assert len(rest) == len(set(rest)) == 7
+    assert set(rest[:4]) == set(waiting[2:])
+    assert set(rest[4:]) == set(first)
+    assert schedule.pending_rechecks == 0
+    assert schedule.plan(NOW).recheck == ()
+
+
+@FAST
+@given(st.integers(1, 40), st.integers(1, 12), st.lists(st.integers(0, 39), max_size=60))
+def test_every_shard_with_unsent_numbers_is_rechecked_within_the_bound(
+    shards: int, per_tick: int, batches: list[int]
+) -> None:
+    # The bound the budget's argument rests on: ceil(S / recheck_per_tick) ticks after the
+    # record, whatever records, batches and re-checks came in between.
+    schedule = FlushSchedule(per_tick=1, recheck_per_tick=per_tick)
+    for shard in range(shards):
+        schedule.touched(shard, None, unsent=True)
+    schedule.new_record()
+    waiting = set(range(shards))
+    bound = -(-shards // per_tick)
+    for tick in range(bound):
+        if tick < len(batches):
+            shard = batches[tick] % shards
+            schedule.touched(shard, None, unsent=True)  # its batch was checked against the newest
+            waiting.discard(shard)
+            schedule.new_record()  # and yet another record
+        recheck = schedule.plan(NOW).recheck
+        assert len(recheck) <= per_tick
+        for shard in recheck:
+            schedule.touched(shard, None, unsent=True)  # still unsent after its look
+        waiting -= set(recheck)
+    assert waiting == set()
+
+
 def test_due_shards_pop_once_and_revoked_ones_never() -> None:
     schedule = FlushSchedule(per_tick=2)
     for shard in range(4):
@@ -153,6 +204,8 @@ def test_due_shards_pop_once_and_revoked_ones_never() -> None:
 def test_per_tick_must_be_positive() -> None:
     with pytest.raises(ValueError, match="per_tick"):
         FlushSchedule(per_tick=0)
+    with pytest.raises(ValueError, match="recheck_per_tick"):
+        FlushSchedule(per_tick=5, recheck_per_tick=0)
 
 
 # -- next_due_ms: before it, time alone changes nothing ------------------------------------------
@@ -299,3 +352,41 @@ def test_deadlines_send_the_same_messages_at_the_same_times(name: str, seed: int
     assert sorted(lazy.sent) == sorted(eager.sent)  # one tick's shards may come in any order
     assert any(kind == "heartbeat" for _, _, kind in lazy.sent)
     assert lazy.looked_at < eager.looked_at
+
+
+@FAST
+@given(st.integers(0, 2**32 - 1), st.integers(1, 3))
+def test_capped_rechecks_take_each_record_no_later_than_the_bound(seed: int, per_tick: int) -> None:
+    # With the re-checks capped, the sends may come a few ticks later than looking at every
+    # shard would: the guarantee is that every shard with unsent numbers has been checked
+    # against a record (or a newer one) within ceil(S / per_tick) ticks of it.
+    rule = build_shard_rule("budget", interval_ms=200, theta=0.01, heartbeat_ms=1_000, growth=2.0, shards_hint=8)
+    worker = _Worker(rule, lazy=True, schedule=FlushSchedule(per_tick=10_000, recheck_per_tick=per_tick))
+    rng = np.random.default_rng(seed)
+    states = [ShardState.empty(shard, 200) for shard in range(8)]
+    for shard, state in enumerate(states):
+        worker.add(shard, state)
+    bound = -(-len(states) // per_tick)
+    owed: list[tuple[int, int, set[int]]] = []  # (record, ticks left, shards that must take it)
+    deferred = False  # whether the cap held some re-check over to a later tick
+    for t in range(0, 6_000, 50):
+        for _ in range(int(rng.integers(0, 3))):
+            shard = int(rng.integers(0, 8))
+            values = rng.normal(float(rng.normal()), 1.0, int(rng.integers(1, 400)))
+            states[shard].apply(values, states[shard].last_offset + 1)
+            worker.batch(shard, values, NOW + t)
+        if rng.random() < 0.3:
+            view = GlobalView((0.5,), (float(rng.normal(0.0, 0.3)),), int(rng.integers(100, 5_000)), 8, 0.01, NOW + t)
+            worker.record(view)
+            owed.append((worker.records, bound, set(worker.schedule.unsent)))
+        worker.tick(NOW + t)
+        deferred |= worker.schedule.pending_rechecks > 0
+        still: list[tuple[int, int, set[int]]] = []
+        for record, left, shards in owed:
+            behind = {shard for shard in shards if worker.shards[shard].view_seen < record}
+            assert behind == set() or left > 1
+            if behind:
+                still.append((record, left - 1, behind))
+        owed = still
+    assert worker.sent  # the shards did send
+    assert deferred or per_tick > 1  # with one a tick, some record found several shards to re-check
