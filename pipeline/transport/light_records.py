@@ -28,7 +28,7 @@ from aiokafka.structs import TopicPartition
 from faust.transport.drivers import aiokafka as aiokafka_driver
 from faust.types.tuples import TP
 
-from pipeline.transport.committed import seek_all_to_committed
+from pipeline.transport.committed import commit_assigned, seek_all_to_committed
 
 __all__ = ["LightConsumerThread", "LightPartitionRecords", "RawRecordsFor", "install_light_records"]
 
@@ -134,6 +134,10 @@ class LightConsumerThread(aiokafka_driver.AIOKafkaConsumerThread):
         # "never committed", as aiokafka's own method returns (Faust's stub says int).
         committed = await self.call_thread(seek_all_to_committed, self._ensure_consumer())
         return {TP(tp.topic, tp.partition): offset for tp, offset in committed.items()}
+
+    async def _commit(self, offsets: Mapping[TP, int]) -> bool:
+        # Faust's builds the assigned set once per offset: O(partitions²) per commit.
+        return await commit_assigned(self, offsets)
 
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)
