@@ -298,32 +298,37 @@ class ShardService:
         # with nothing unsent cannot be over budget, and takes the record when next looked at.
         self._latest_view()
         plan = self._schedule.plan(now_ms)
-        for shard in plan.announce:
-            slot = self._slots.get(shard)
-            if slot is None or slot.state is not None:
-                continue
-            # Newly assigned: announce its restored state once, so the aggregator has it
-            # even if no new number ever arrives on this shard. None stored: an empty
-            # shard, loaded by its first batch.
-            stored = self._table.get(shard_key(shard))
-            if stored:
-                slot.state = ShardState.from_bytes(stored)
-                slot.emission.observe(slot.state.n, slot.state.last_offset, now_ms=now_ms)
+        announce = set(plan.announce)
         # The tick's own work, without the awaits (sends, hand-backs) during which other tasks run:
         # what a tick costs the event loop. Faust's "overlapping" warning counts the awaits too.
-        own, resumed, looked = 0.0, started, 0
+        # The longest stretch between two awaits is how long the tick held the loop.
+        own, held, resumed, looked = 0.0, 0.0, started, 0
         for looked, shard in enumerate(chain(plan.recheck, plan.announce, plan.due), 1):
             # Looked up after each hand-back too: a shard revoked meanwhile is skipped.
             slot = self._slots.get(shard)
+            if slot is not None and slot.state is None and shard in announce:
+                self._restore(shard, slot, now_ms)
             message = self._evaluate(shard, slot, now_ms) if slot is not None else None
             if message is not None or looked % YIELD_EVERY == 0:
-                own += time.perf_counter() - resumed
+                stretch = time.perf_counter() - resumed
+                own, held = own + stretch, max(held, stretch)
                 await (self._send(message) if message is not None else asyncio.sleep(0))
                 resumed = time.perf_counter()
         self._announced += len(plan.announce)
         if self._assigned and not self._schedule.pending_announcements:
             self._log_takeover()
-        self._ticks.add(own + time.perf_counter() - resumed, time.perf_counter() - started, looked)
+        stretch = time.perf_counter() - resumed
+        self._ticks.add(own + stretch, max(held, stretch), time.perf_counter() - started, looked)
+
+    def _restore(self, shard: int, slot: _Slot, now_ms: int) -> None:
+        # Newly assigned: announce its restored state once, so the aggregator has it even
+        # if no new number ever arrives on this shard (read here, between two hand-backs,
+        # not for a whole tick's announcements at once). None stored: an empty shard,
+        # loaded by its first batch.
+        stored = self._table.get(shard_key(shard))
+        if stored:
+            slot.state = ShardState.from_bytes(stored)
+            slot.emission.observe(slot.state.n, slot.state.last_offset, now_ms=now_ms)
 
     def _log_takeover(self) -> None:
         # One line per rebalance (the per-shard lines are DEBUG: 10,000 of them per takeover).
@@ -362,23 +367,27 @@ class _TickLog:
     window_s: float = 10.0
     own_s: float = 0.0
     """The longest tick's own work in this window (seconds, awaits excluded)."""
+    held_s: float = 0.0
+    """The longest the loop was held without an await by any tick in this window."""
     wall_s: float = 0.0
     """Its wall time, the awaits included (what Faust's overlap warning counts)."""
     looked: int = 0
     """Shards it looked at."""
     since: float = field(default_factory=time.monotonic)
 
-    def add(self, own_s: float, wall_s: float, looked: int) -> None:
+    def add(self, own_s: float, held_s: float, wall_s: float, looked: int) -> None:
+        self.held_s = max(self.held_s, held_s)
         if own_s > self.own_s:
             self.own_s, self.wall_s, self.looked = own_s, wall_s, looked
         now = time.monotonic()
         if now - self.since >= self.window_s:
             if self.looked:
                 logger.info(
-                    "shards.flush: longest tick in the last %.0f s: %.1f ms of its own work (%d shards), %.1f ms wall",
-                    now - self.since, self.own_s * 1e3, self.looked, self.wall_s * 1e3,
+                    "shards.flush, last %.0f s: longest tick %.1f ms of its own work (%d shards; %.1f ms wall);"
+                    " loop held at most %.1f ms",
+                    now - self.since, self.own_s * 1e3, self.looked, self.wall_s * 1e3, self.held_s * 1e3,
                 )  # fmt: skip
-            self.own_s = self.wall_s = 0.0
+            self.own_s = self.held_s = self.wall_s = 0.0
             self.looked = 0
             self.since = now
 
