@@ -70,7 +70,7 @@ class Settings(BaseModel):
     geometric_growth: float = Field(default=2.0, gt=1.0, le=1_000.0)
 
     delivery: Literal["batch", "event"] = "batch"
-    fetcher: Literal["aiokafka", "librdkafka"] = "aiokafka"
+    fetcher: Literal["aiokafka", "librdkafka"] = "librdkafka"
     batch_max_events: int = Field(default=10_000, ge=1, le=1_000_000)
     batch_within_ms: int = Field(default=100, ge=1, le=60_000)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import ssl
 from dataclasses import dataclass
+from typing import Any
 
 import faust
 from faust.types import TableT, TopicT
@@ -24,7 +25,7 @@ from pipeline.app.shards import ShardService
 from pipeline.app.store import STORE_URL, register_store
 from pipeline.app.web import register_views
 from pipeline.core.emission import build_shard_rule
-from pipeline.kafka.clients import client_config
+from pipeline.kafka.clients import consumer
 from pipeline.transport import SCHEME, batch_topic, fetch_with_librdkafka, register_transport
 from topics import topic_set
 from topics.specs import SHARD_TABLE
@@ -103,7 +104,7 @@ def create_app(settings: Settings) -> Pipeline:
         stream_wait_empty=False,
     )
     if batched and settings.fetcher == "librdkafka":
-        fetch_with_librdkafka(app, client_config(settings))
+        fetch_with_librdkafka(app, lambda options: _fetch_consumer(settings, options))
     # Batch delivery hands the shard agent one event per fetched partition batch.
     numbers = (
         batch_topic(app, specs.numbers.name, partitions=specs.numbers.partitions, internal=False)
@@ -152,6 +153,12 @@ def create_app(settings: Settings) -> Pipeline:
     register_views(pipeline)
     register_dashboard(pipeline)
     return pipeline
+
+
+def _fetch_consumer(settings: Settings, options: dict[str, Any]) -> Any:
+    # The batch transport's librdkafka client: connection and security from settings, its options over them.
+    overrides = {key.replace(".", "_"): value for key, value in options.items() if key != "group.id"}
+    return consumer(settings, options["group.id"], **overrides)
 
 
 def _shard_limit(app: faust.App, numbers: str, configured: int) -> int:

@@ -11,7 +11,7 @@ object, read by :class:`pipeline.transport.batching.BatchConsumer`.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +21,7 @@ from faust.types.tuples import TP, Message
 
 __all__ = [
     "SCHEME",
+    "NewConsumer",
     "RawBatch",
     "RawBatchSchema",
     "ResumeOffsets",
@@ -28,7 +29,7 @@ __all__ = [
     "batch_topics",
     "deliver_in_batches",
     "fetch_with_librdkafka",
-    "librdkafka_config",
+    "librdkafka_consumer",
     "resume_from_state",
     "resume_offsets",
 ]
@@ -42,7 +43,10 @@ SCHEME = "dmkafka"
 # ride on the app object itself: no registry outside the app, nothing to clean up.
 _APP_ATTRIBUTE = "_dmedian_batch_topics"
 _RESUME_ATTRIBUTE = "_dmedian_resume_offsets"
-_LIBRDKAFKA_ATTRIBUTE = "_dmedian_librdkafka_config"
+_LIBRDKAFKA_ATTRIBUTE = "_dmedian_librdkafka_consumer"
+
+NewConsumer = Callable[[dict[str, Any]], Any]
+"""Makes a ``confluent_kafka.Consumer`` with these options over the app's connection and security ones."""
 
 ResumeOffsets = Callable[[TP], int | None]
 """Where the app's own state says a partition's reading must resume (None: it has no say)."""
@@ -114,15 +118,15 @@ def resume_offsets(app: AppT) -> ResumeOffsets | None:
     return offsets
 
 
-def fetch_with_librdkafka(app: AppT, config: Mapping[str, Any]) -> None:
-    """Fetch ``app``'s batch topics with librdkafka; ``config``: its connection and security options."""
-    setattr(app, _LIBRDKAFKA_ATTRIBUTE, dict(config))
+def fetch_with_librdkafka(app: AppT, new_consumer: NewConsumer) -> None:
+    """Fetch ``app``'s batch topics with librdkafka, with a client ``new_consumer`` makes."""
+    setattr(app, _LIBRDKAFKA_ATTRIBUTE, new_consumer)
 
 
-def librdkafka_config(app: AppT) -> dict[str, Any] | None:
-    """The librdkafka options :func:`fetch_with_librdkafka` gave ``app`` (None: aiokafka fetches)."""
-    config: dict[str, Any] | None = getattr(app, _LIBRDKAFKA_ATTRIBUTE, None)
-    return config
+def librdkafka_consumer(app: AppT) -> NewConsumer | None:
+    """What makes the librdkafka client :func:`fetch_with_librdkafka` gave ``app`` (None: aiokafka fetches)."""
+    new_consumer: NewConsumer | None = getattr(app, _LIBRDKAFKA_ATTRIBUTE, None)
+    return new_consumer
 
 
 def batch_topic(app: AppT, name: str, **options: Any) -> TopicT:

@@ -81,7 +81,7 @@ from faust.transport.drivers import aiokafka as aiokafka_driver
 from faust.types import ConsumerT
 from faust.types.tuples import TP, ConsumerMessage
 
-from pipeline.transport.batches import SCHEME, RawBatch, batch_topics, librdkafka_config, resume_offsets
+from pipeline.transport.batches import SCHEME, RawBatch, batch_topics, librdkafka_consumer, resume_offsets
 from pipeline.transport.columns import Columns, Fetched, columns_of
 from pipeline.transport.faust_internals import FAUST_INTERNALS
 from pipeline.transport.light_records import LightConsumerThread
@@ -121,10 +121,11 @@ class BatchConsumer(aiokafka_driver.Consumer):
         # Chosen once, on first use: the app declares it after building, before starting.
         if not self._fetcher_chosen:
             self._fetcher_chosen = True
-            config = librdkafka_config(self.app)
-            if config is not None and batch_topics(self.app):
-                self._rdkafka = RdkafkaFetcher.for_app(self.app, config, transactions=self.in_transaction)
-                logger.info("batch topics are fetched with librdkafka")
+            new_consumer = librdkafka_consumer(self.app)
+            if new_consumer is not None and batch_topics(self.app):
+                self._rdkafka = RdkafkaFetcher.for_app(self.app, new_consumer, transactions=self.in_transaction)
+            if batch_topics(self.app):
+                logger.info("batch topics are fetched with %s", "aiokafka" if self._rdkafka is None else "librdkafka")
         return self._rdkafka
 
     def fetched_elsewhere(self, partitions: set[TP]) -> set[TP]:

@@ -26,10 +26,11 @@ from itertools import compress, pairwise
 from operator import ne
 from typing import Any, TypeVar
 
-from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, Message, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, KafkaException, Message, TopicPartition
 from faust.types import AppT
 from faust.types.tuples import TP
 
+from pipeline.transport.batches import NewConsumer
 from pipeline.transport.columns import Columns
 
 __all__ = ["RdkafkaFetcher", "by_partition"]
@@ -43,14 +44,16 @@ _ERROR, _TOPIC, _PARTITION = Message.error, Message.topic, Message.partition
 _OFFSET, _KEY, _VALUE = Message.offset, Message.key, Message.value
 
 _ERROR_LOG_EVERY_S = 30.0
+_CONNECT_WAIT_S = 2.0
 
 
 class RdkafkaFetcher:
     """A librdkafka consumer that fetches the partitions it is told to, where it is told to."""
 
-    def __init__(self, config: Mapping[str, Any], max_records: int) -> None:
-        # ``config``: connection, security and group.id (required by the client, never joined).
-        self._config = dict(config) | {
+    def __init__(self, new_consumer: NewConsumer, options: Mapping[str, Any], max_records: int) -> None:
+        # ``options``: group.id (required by the client, never joined) and the app's fetch settings.
+        self._new_consumer = new_consumer
+        self._config = dict(options) | {
             "enable.auto.commit": False,
             "enable.auto.offset.store": False,
             "enable.partition.eof": False,
@@ -65,14 +68,17 @@ class RdkafkaFetcher:
         self._assigned: frozenset[TP] = frozenset()
         self._paused: set[TP] = set()
         self._errors_logged: dict[int, float] = {}
+        # Connect now, on its thread, not at the first placement: a worker's first
+        # batches then wait for a fetch, not for a connection and a metadata request.
+        self._thread.submit(self._connect)
 
     @classmethod
-    def for_app(cls, app: AppT, config: Mapping[str, Any], *, transactions: bool) -> RdkafkaFetcher:
-        """A fetcher for ``app``'s consumer: ``config`` (connection, security) and the app's fetch settings."""
+    def for_app(cls, app: AppT, new_consumer: NewConsumer, *, transactions: bool) -> RdkafkaFetcher:
+        """A fetcher for ``app``'s consumer, with a client ``new_consumer`` makes, and the app's fetch settings."""
         conf = app.conf
         return cls(
-            dict(config)
-            | {
+            new_consumer,
+            {
                 "group.id": f"{conf.id}-fetch",  # required by the client; never joined, never committed
                 "client.id": f"{conf.broker_client_id}-fetch",
                 "auto.offset.reset": conf.consumer_auto_offset_reset,
@@ -89,9 +95,15 @@ class RdkafkaFetcher:
     async def _call(self, function: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._thread, function, *args)
 
+    def _connect(self) -> None:
+        try:
+            self._ensure_client().list_topics(timeout=_CONNECT_WAIT_S)
+        except KafkaException as exc:  # the broker is away: librdkafka keeps trying by itself
+            logger.debug("librdkafka fetcher: no metadata yet (%s)", exc)
+
     def _ensure_client(self) -> Consumer:
         if self._client is None:
-            self._client = Consumer(self._config)
+            self._client = self._new_consumer(self._config)
         return self._client
 
     async def place(self, positions: Mapping[TP, int | None]) -> None:

@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator
 from typing import Any, TextIO
 
 import faust
+from confluent_kafka import Consumer
 
 from pipeline.transport import RawBatch, batch_topic, fetch_with_librdkafka, register_transport
 
@@ -46,7 +47,8 @@ def build(env: dict[str, str], events: TextIO) -> faust.App:
         broker_commit_interval=1.0,
     )
     if env.get("BATCH_APP_FETCHER") == "librdkafka":
-        fetch_with_librdkafka(app, {"bootstrap.servers": env["BATCH_APP_BOOTSTRAP"]})
+        connection = {"bootstrap.servers": env["BATCH_APP_BOOTSTRAP"]}
+        fetch_with_librdkafka(app, lambda options: Consumer(connection | options))
     numbers = batch_topic(app, env["BATCH_APP_TOPIC"], partitions=PARTITIONS, internal=False)
     singles = app.topic(
         env["BATCH_APP_SINGLES"], key_type=bytes, value_type=bytes, partitions=SINGLES_PARTITIONS, internal=False

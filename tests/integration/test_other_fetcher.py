@@ -1,13 +1,13 @@
-"""The fault tests that matter for the fetcher, with the input fetched by librdkafka (``fetcher = librdkafka``).
+"""The fault tests that matter for the fetcher, on the fetcher that is not the default.
 
-Each test here runs one of the suite's fault tests as it is, with every worker it
-starts set to fetch the batch-delivered topics with librdkafka (the harness passes
-``DMEDIAN_FETCHER`` through), and then checks in each worker's log that it did.
-Those chosen are the ones where a fetcher can lose or repeat records: SIGKILL and a
+The suite runs on the default ``fetcher``; each test here runs one of its fault tests
+as it is, with every worker it starts set to fetch the batch-delivered topics with
+the other one (the harness passes ``DMEDIAN_FETCHER`` through), and then checks in
+each worker's log that it did. Those chosen are the ones where a fetcher can lose or repeat records: SIGKILL and a
 restart from the stored state, a restart restoring each shard from its own changelog
 partition, workers joining and leaving, repeated kills of one of two workers, a
-broker restart, and partitions added while running. The whole suite runs on this
-fetcher with ``DMEDIAN_FETCHER=librdkafka .venv/bin/python -m pytest tests/integration``.
+broker restart, and partitions added while running. The whole suite runs on either
+fetcher with ``DMEDIAN_FETCHER=aiokafka`` or ``librdkafka`` in the environment.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from config import load_settings
 from pipeline.localbroker import LocalBroker
 from tests.integration import test_faults, test_grow, test_pipeline, test_rebalance
 from tests.integration.harness import Deployment
@@ -26,18 +27,21 @@ pytestmark = pytest.mark.integration
 
 __all__ = ["own_broker"]  # the broker restart test's fixture, used here as there
 
-_FETCHING_WITH_LIBRDKAFKA = "batch topics are fetched with librdkafka"
+OTHER_FETCHER = "aiokafka" if load_settings(environ={}).fetcher == "librdkafka" else "librdkafka"
+"""The fetcher these tests run on: the one the rest of the suite does not."""
 
 
 @pytest.fixture(autouse=True)
-def librdkafka_fetcher(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
-    """Workers started by the test fetch with librdkafka; afterwards, each one's log says so."""
-    monkeypatch.setenv("DMEDIAN_FETCHER", "librdkafka")
+def other_fetcher(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
+    """Workers started by the test fetch with :data:`OTHER_FETCHER`; afterwards, each one's log says so."""
+    monkeypatch.setenv("DMEDIAN_FETCHER", OTHER_FETCHER)
     yield
-    logs = sorted(tmp_path.rglob("*.log"))
+    # Worker logs only: deploy() puts each deployment in d<n>/, and RocksDB's own *.log files lie deeper.
+    logs = sorted([*tmp_path.glob("*.log"), *tmp_path.glob("d*/*.log")])
     assert logs, "the test started no worker"
     for log in logs:
-        assert _FETCHING_WITH_LIBRDKAFKA in log.read_text(errors="replace"), f"{log.name} did not fetch with librdkafka"
+        text = log.read_text(errors="replace")
+        assert f"batch topics are fetched with {OTHER_FETCHER}" in text, f"{log.name}: not with {OTHER_FETCHER}"
 
 
 def test_sigkill_mid_stream_then_restart_counts_every_number_once(deploy: Callable[..., Deployment]) -> None:

@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 
 import pytest
-from confluent_kafka import Producer
+from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient
 from faust.types.tuples import TP
 
@@ -60,7 +60,8 @@ def _with_fetcher(kafka: BrokerHandle, body: Callable[[RdkafkaFetcher], Awaitabl
 
     async def run() -> None:
         group = f"fetcher-{uuid.uuid4().hex[:8]}"
-        fetcher = RdkafkaFetcher({"bootstrap.servers": kafka.bootstrap, "group.id": group}, 100)
+        connection = {"bootstrap.servers": kafka.bootstrap}
+        fetcher = RdkafkaFetcher(lambda options: Consumer(connection | options), {"group.id": group}, 100)
         try:
             await body(fetcher)
         finally:
