@@ -63,6 +63,7 @@ __all__ = [
     "check_sketches_message",
     "check_snapshot",
     "check_snapshot_contents",
+    "kll_capacity",
     "kll_layout",
     "max_numbers_per_record",
 ]
@@ -130,6 +131,23 @@ def max_numbers_per_record(max_value_bytes: int) -> int:
     return max((max_value_bytes - 1) // 2, 1)
 
 
+def kll_capacity(k: int, m: int, num_levels: int) -> int:
+    """Items a KLL sketch of ``k``, ``m`` and ``num_levels`` levels has room for (DataSketches'
+    ``kll_helper::compute_total_capacity``): level h holds max(m, round(k * (2/3)**depth)),
+    depth = num_levels - h - 1, in DataSketches' integer arithmetic."""
+
+    def shrink(width: int, depth: int) -> int:
+        # int_cap_aux_aux: round(width * 2**depth / 3**depth), computed as DataSketches does.
+        return int((((2 * width) << depth) // 3**depth + 1) >> 1)
+
+    def level(depth: int) -> int:
+        # int_cap_aux: depths over 30 in two steps, as DataSketches does.
+        width = shrink(k, depth) if depth <= 30 else shrink(shrink(k, depth // 2), depth - depth // 2)
+        return max(m, width)
+
+    return sum(level(num_levels - h - 1) for h in range(num_levels))
+
+
 def kll_layout(data: bytes) -> KllLayout:
     """Read a serialized KLL doubles sketch; :class:`SnapshotError` ``bad_sketch`` if it is not one."""
     if len(data) < _SHORT.size:
@@ -156,8 +174,16 @@ def kll_layout(data: bytes) -> KllLayout:
     if retained < 0 or ragged:
         raise SnapshotError("bad_sketch", f"{len(data)} bytes do not hold {num_levels} levels and whole items")
     offsets = struct.unpack_from(f"<{num_levels}I", data, _FULL.size)
-    # Offsets are into the sketch's full capacity; the items start at the first.
+    # Offsets are into the sketch's full capacity; the items start at the first. The
+    # C++ deserializer reads capacity - offsets[0] items whatever the buffer's length
+    # (a truncated buffer crashed a test process), so the length must be exactly that.
     first = offsets[0]
+    capacity = kll_capacity(k, _m, num_levels)
+    if first > capacity or retained != capacity - first:
+        raise SnapshotError(
+            "bad_sketch", f"{retained} items where k={k}, m={_m} and {num_levels} levels from {first} make "
+            f"{capacity - first}"
+        )
     levels = (*[offset - first for offset in offsets], retained)
     if sorted(levels) != list(levels):
         raise SnapshotError("bad_sketch", f"level offsets {offsets} (and {retained} items) are not in order")

@@ -28,7 +28,7 @@ import orjson
 
 from pipeline.core.envelope import Envelope, EnvelopeError, pack_envelope, unpack_envelope
 from pipeline.core.sketch import QuantileBand, ShardState, quantile_band
-from pipeline.core.snapshot_checks import check_snapshot_contents
+from pipeline.core.snapshot_checks import check_snapshot_contents, kll_layout
 
 __all__ = [
     "MEDIAN_RECORD_VERSION",
@@ -174,6 +174,9 @@ class SketchSnapshot:
             raise SnapshotError(
                 "bad_header", f"negative shard, n or offset in {self.shard}/{self.n}/{self.last_offset}"
             )
+        # The layout first, in Python: the C++ deserializer trusts the stated sizes and
+        # reads past a short buffer (a truncated sketch crashed a test process).
+        kll_layout(self.sketch_bytes)
         try:
             sketch = self.sketch()
         # The bytes are untrusted: whatever the C++ deserializer raises (IndexError

@@ -316,3 +316,19 @@ def test_every_reader_refuses_forged_contents_when_parsing_not_only_the_aggregat
     for data in forged:
         with pytest.raises(SnapshotError):
             SketchSnapshot.from_bytes(data)
+
+
+@pytest.mark.parametrize("k", [8, 200, 1000])
+@pytest.mark.parametrize("n", [2, 1_000, 300_000])
+def test_the_capacity_check_passes_genuine_sketches_and_refuses_every_truncation_before_cpp_reads_it(
+    k: int, n: int
+) -> None:
+    # The C++ deserializer reads capacity - levels[0] items whatever the buffer's length,
+    # so every cut must be refused by the Python layout check, before it gets there.
+    sketch = datasketches.kll_doubles_sketch(k)
+    sketch.update(np.random.default_rng(n).lognormal(size=n))
+    data = sketch.serialize()
+    kll_layout(data)
+    for cut in range(len(data)):
+        with pytest.raises(SnapshotError):
+            kll_layout(data[:cut])
