@@ -20,7 +20,7 @@ FAUST_INTERNALS = (
     "faust.transport.drivers.aiokafka:Consumer._to_message",
     "faust.transport.drivers.aiokafka:Consumer._new_consumer_thread",
     "faust.transport.drivers.aiokafka:AIOKafkaConsumerThread._create_worker_consumer",
-    "faust.transport.drivers.aiokafka:AIOKafkaConsumerThread._verify_aiokafka_event_path",  # not for paused ones
+    "faust.transport.drivers.aiokafka:AIOKafkaConsumerThread.verify_event_path",  # skipped for paused ones
     "aiokafka.consumer.fetcher:PartitionRecords._unpack_records",  # replaced for raw records
     "aiokafka.consumer.fetcher:READ_UNCOMMITTED",
     "faust.transport.drivers:TRANSPORTS.aliases",

@@ -9,8 +9,9 @@ from aiokafka.consumer.fetcher import PartitionRecords
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from aiokafka.record.memory_records import MemoryRecords
 from aiokafka.structs import TopicPartition
+from faust.types import tuples as faust_tuples
 
-from pipeline.transport.light_records import LightPartitionRecords, RawRecordsFor
+from pipeline.transport.light_records import LightConsumerThread, LightPartitionRecords, RawRecordsFor
 
 TP = TopicPartition("numbers", 3)
 READ_UNCOMMITTED, READ_COMMITTED = 0, 1
@@ -82,3 +83,21 @@ def test_other_consumers_topics_and_transactions_get_aiokafka_records(deserializ
     got = list(records)
     assert [r.topic for r in got] == [TP.topic] * 10
     assert [r.value for r in got] == [b"%d.5" % i for i in range(10)]
+
+
+def test_the_livelock_check_skips_a_partition_another_fetcher_reads_without_touching_aiokafka() -> None:
+    # Faust's check reads aiokafka's fetch state (an unset position asserts) and would
+    # crash the worker for a partition aiokafka keeps paused: it must not look at all.
+    tp = faust_tuples.TP("numbers", 3)
+
+    class Elsewhere:
+        def fetched_elsewhere(self, tps: set[faust_tuples.TP]) -> set[faust_tuples.TP]:
+            return set(tps)
+
+    class NoState:
+        consumer = Elsewhere()
+
+        def _ensure_consumer(self) -> None:
+            raise AssertionError("aiokafka's fetch state was read")
+
+    LightConsumerThread.verify_event_path(NoState(), 0.0, tp)  # type: ignore[arg-type]
