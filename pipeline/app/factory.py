@@ -75,12 +75,12 @@ def create_app(settings: Settings) -> Pipeline:
     """Build the app: topics, tables, agents, timers and web views."""
     specs = topic_set(settings)
     batched = settings.delivery == "batch"
-    if batched:
-        register_transport()
-    scheme = SCHEME if batched else "kafka"
+    # Both deliveries use our transport: its resume-from-state guard (a commit that ran
+    # ahead of a lost changelog write must not lose records) holds per event too.
+    register_transport()
     app = faust.App(
         settings.app_id,
-        broker=[f"{scheme}://{server.strip()}" for server in settings.bootstrap_servers.split(",")],
+        broker=[f"{SCHEME}://{server.strip()}" for server in settings.bootstrap_servers.split(",")],
         broker_credentials=broker_credentials(settings),
         store="rocksdb://",
         datadir=str(settings.data_dir),

@@ -39,7 +39,8 @@ next batch must start at are dropped, as Faust's drain drops stale messages.
 
 Where a partition resumes: an app may declare with :func:`resume_from_state` where
 its own state says reading must continue (our shards store the last offset they
-applied). After seeking to the committed offsets, batch partitions are moved there,
+applied). After seeking to the committed offsets, partitions are moved there (those
+of per-record topics too: Faust's read offset follows what ``seek_to_committed`` returns),
 so a commit that ran ahead of a lost state write cannot lose records, and a state
 ahead of the commit skips the re-read.
 
@@ -356,9 +357,9 @@ class BatchConsumer(aiokafka_driver.Consumer):
         resume = resume_offsets(self.app)
         if resume is None:
             return positions
-        topics = batch_topics(self.app)
+        # Every assigned partition, batch-delivered or not: the callback names the ones it keeps state for.
         for tp in self.assignment():
-            offset = resume(tp) if tp.topic in topics else None
+            offset = resume(tp)
             if offset is None or offset == committed.get(tp):
                 continue
             behind = committed.get(tp) is not None and offset < committed[tp]

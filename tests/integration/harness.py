@@ -154,11 +154,17 @@ class Deployment:
         batch_size: int = 1000,
         partition: Callable[[int], int] | None = None,
     ) -> int:
+        """Send ``values``; by default message i goes to partition i mod the topic's partitions.
+
+        Not the producer's partitioner: its sticky batches can put every message of a
+        small run on one partition, and tests that expect every shard to report would flake.
+        """
+        partitions = self.settings.numbers_partitions
         return produce_values(
             producer(self.settings),
             self.settings.topic_numbers,
             encode_messages(values, fmt, batch_size),
-            partition=partition,
+            partition=partition or (lambda sequence: (sequence - 1) % partitions),
         )
 
     def produce_raw(self, values: list[bytes], partition: int | None = None) -> int:
