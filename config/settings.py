@@ -82,6 +82,7 @@ class Settings(BaseModel):
     web_host: str = "127.0.0.1"
     web_port: int = Field(default=6066, ge=1, le=65535)
     state_store: Literal["one-db", "per-partition"] = "one-db"
+    standby_replicas: int = Field(default=1, ge=0, le=16)
     metrics_shard_series: int = Field(default=20, ge=-1, le=1_000_000)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 

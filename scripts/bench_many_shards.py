@@ -192,6 +192,31 @@ def warm_group_coordinator(settings: Settings, timeout_s: float = 120.0) -> floa
     raise SystemExit(f"the group coordinator did not answer within {timeout_s:.0f} s")
 
 
+def _dump_records(settings: Settings, into: Path) -> None:
+    # Every medians record of the run, for reading where a phase's time went.
+    into.parent.mkdir(parents=True, exist_ok=True)
+    client = consumer(settings, f"dump-{uuid.uuid4().hex[:8]}")
+    try:
+        tp = TopicPartition(settings.topic_medians, 0, OFFSET_BEGINNING)
+        end = client.get_watermark_offsets(tp, timeout=10)[1]
+        client.assign([tp])
+        with into.open("w") as out:
+            out.write("ts_ms,n,shards,stale_shards,pending\n")
+            read = 0
+            while read < end:
+                message = client.poll(5)
+                if message is None:
+                    break
+                value, offset = message.value(), message.offset()
+                if message.error() or value is None or offset is None:
+                    continue
+                read = offset + 1
+                record = MedianRecord.from_json(value)
+                out.write(f"{record.ts},{record.n},{record.shards},{record.stale_shards},{record.pending}\n")
+    finally:
+        client.close()
+
+
 def _copy_logs(tmp: Path, into: Path) -> None:
     into.mkdir(parents=True, exist_ok=True)
     for log in tmp.glob("w*.log"):
@@ -226,7 +251,18 @@ class Deployment:
 
     def wait_covering(self, total: int, timeout_s: float, what: str) -> MedianRecord:
         workers = self.alive()
-        record = wait_for_record(self.settings, lambda r: r.n >= total, timeout_s,
+        started, shown = time.monotonic(), [0.0]
+
+        def covers(record: MedianRecord) -> bool:
+            # A line every 3 s: where the time goes (numbers arriving, or pending, or stale shards).
+            now = time.monotonic() - started
+            if now - shown[0] >= 3:
+                shown[0] = now
+                print(f"  {what}, {now:5.1f} s: n={record.n:,} of {total:,}, pending {record.pending:,},"
+                      f" {record.shards:,} shards, {record.stale_shards:,} stale", flush=True)  # fmt: skip
+            return record.n >= total
+
+        record = wait_for_record(self.settings, covers, timeout_s,
                                  lambda: any(x.poll() is not None for x in workers))  # fmt: skip
         if record is None or record.n != total:
             raise SystemExit(f"{what}: no record covers every number (n={record.n if record else 0} of {total})")
@@ -325,6 +361,8 @@ def main() -> None:
         first_wave(run, args.numbers, args.timeout)
         if args.kill:
             kill_one(run, args.numbers, args.wave or max(args.numbers // 10, n), args.timeout)
+        if args.logs:
+            _dump_records(run.settings, args.logs / "medians.csv")
         for i, worker in enumerate(run.workers):
             goal = 200 + 0.1 * n / w
             run.figures.append((f"peak RSS, worker {i}", f"{run.rss.peaks.get(worker.pid, 0.0):,.0f} MB "

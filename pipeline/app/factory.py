@@ -21,6 +21,7 @@ from pipeline.app.collector import CollectorPolicy
 from pipeline.app.dashboard import register_dashboard
 from pipeline.app.dead_letters import DeadLetterSink
 from pipeline.app.global_view import MediansFollower
+from pipeline.app.recovery import use_counting_recovery
 from pipeline.app.shards import ShardService
 from pipeline.app.store import STORE_URL, register_store
 from pipeline.app.web import register_views
@@ -71,6 +72,10 @@ def broker_credentials(settings: Settings) -> faust.SASLCredentials | faust.SSLC
     return None
 
 
+PRODUCER_BATCH_BYTES = 512 * 1024
+"""The app producer's largest batch per partition: about 100 snapshots of k = 200, under the broker's 1 MB cap."""
+
+
 def create_app(settings: Settings) -> Pipeline:
     """Build the app: topics, tables, agents, timers and web views."""
     specs = topic_set(settings)
@@ -95,6 +100,11 @@ def create_app(settings: Settings) -> Pipeline:
         topic_partitions=settings.numbers_partitions,
         topic_replication_factor=settings.replication_factor,
         producer_acks=-1,
+        # Faust's 16 KiB batches hold three snapshots: aiokafka sends one batch per
+        # partition at a time, so a takeover's announcements (thousands of snapshots to
+        # `sketches`) queued behind each round trip. Batches grow only as filled.
+        producer_max_batch_size=PRODUCER_BATCH_BYTES,
+        table_standby_replicas=settings.standby_replicas,
         broker_session_timeout=settings.session_timeout_ms / 1000,
         broker_heartbeat_interval=min(3.0, settings.session_timeout_ms / 3000),
         broker_max_poll_records=settings.batch_max_events,
@@ -105,6 +115,7 @@ def create_app(settings: Settings) -> Pipeline:
     )
     if batched and settings.fetcher == "librdkafka":
         fetch_with_librdkafka(app, lambda options: _fetch_consumer(settings, options))
+    use_counting_recovery(app)
     # Batch delivery hands the shard agent one event per fetched partition batch.
     numbers = (
         batch_topic(app, specs.numbers.name, partitions=specs.numbers.partitions, internal=False)

@@ -105,6 +105,8 @@ class ShardService:
         self._send_lock = asyncio.Lock()
         self._codec = CodecOptions(settings.accept_infinity, settings.max_value_bytes)
         self._slots: dict[int, _Slot] = {}
+        self._revoked_pending: set[int] = set()
+        """Shards the last revocation named, kept until the next assignment says whether they stay."""
         self._numbers_topic = settings.topic_numbers
         self.snapshots_sent = 0
         """Snapshots this worker sent."""
@@ -140,6 +142,16 @@ class ShardService:
             return None
         state = ShardState.from_bytes(stored)
         slot = self._slots.get(tp.partition)
+        if slot is not None and slot.state is not None and slot.state.last_offset != state.last_offset:
+            # A kept slot the store disagrees with (another worker wrote the shard meanwhile):
+            # start it afresh from the stored state and announce it, as a new shard.
+            logger.warning(
+                "shard %d: kept state at offset %d, stored state at %d: reloaded",
+                tp.partition, slot.state.last_offset, state.last_offset,
+            )  # fmt: skip
+            slot = self._slots[tp.partition] = _Slot(self._rule.new_state())
+            self._schedule.revoked(tp.partition)
+            self._schedule.assigned(tp.partition)
         if slot is not None and slot.state is None:
             slot.state = state
             slot.emission.observe(state.n, state.last_offset, now_ms=self._clock())
@@ -340,11 +352,20 @@ class ShardService:
 
     async def _on_assigned(self, _sender: AppT, assigned: set[TP], **_kwargs: Any) -> None:
         # The full assignment: only shards new to this worker are read and announced.
+        owned_now = {tp.partition for tp in assigned if tp.topic == self._numbers_topic}
+        # A shard revoked by the last rebalance and handed back by this one keeps its slot:
+        # Faust revokes every partition at a rebalance, and re-announcing all of them made
+        # a takeover cost every shard of the survivor, not only the ones it took over.
+        # _resume_offset checks the kept state against the stored one after recovery.
+        for shard in self._revoked_pending - owned_now:
+            self._slots.pop(shard, None)
+            self._schedule.revoked(shard)
+        self._revoked_pending = set()
         new = 0
-        for tp in assigned:
-            if tp.topic == self._numbers_topic and tp.partition not in self._slots:
-                self._slot(tp.partition)
-                self._schedule.assigned(tp.partition)
+        for shard in owned_now:
+            if shard not in self._slots:
+                self._slot(shard)
+                self._schedule.assigned(shard)
                 new += 1
         if new:
             if not self._assigned:
@@ -352,12 +373,10 @@ class ShardService:
             self._assigned += new
 
     async def _on_revoked(self, _sender: AppT, revoked: set[TP], **_kwargs: Any) -> None:
-        # Another worker may own these next; our cached state would go stale.
+        # Possibly ours again after this rebalance: the slots stay until the assignment says
+        # (nothing reads or flushes them meanwhile: the agent and the timer wait for it).
         self._assigned = self._announced = 0  # the takeover line covers the latest assignment
-        for tp in revoked:
-            if tp.topic == self._numbers_topic:
-                self._slots.pop(tp.partition, None)
-                self._schedule.revoked(tp.partition)
+        self._revoked_pending |= {tp.partition for tp in revoked if tp.topic == self._numbers_topic}
 
 
 @dataclass

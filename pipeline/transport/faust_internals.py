@@ -26,5 +26,11 @@ FAUST_INTERNALS = (
     "faust.transport.drivers:TRANSPORTS.aliases",
     "faust.tables.recovery:Recovery._resume_streams",  # perform_seek, flow_control.resume, resume_flow
     "faust.tables.recovery:Recovery.on_recovery_completed",  # the same order
+    # The app's recovery check (pipeline/app/recovery.py): Faust builds its Recovery lazily into
+    # TableManager._recovery, and need_recovery() reads these two maps.
+    "faust.tables.manager:TableManager._recovery",
+    "faust.tables.recovery:Recovery.need_recovery",
+    "faust.tables.recovery:Recovery.active_highwaters",
+    "faust.tables.recovery:Recovery.active_offsets",
 )
 """Private Faust and aiokafka names the batch transport overrides or relies on (see ``batching``'s docstring)."""
