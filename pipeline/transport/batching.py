@@ -343,11 +343,25 @@ class BatchConsumer(aiokafka_driver.Consumer):
             else:
                 # librdkafka starts every assigned batch partition here, and only here.
                 topics = batch_topics(self.app)
-                await self._moved({tp: committed.get(tp) for tp in self.assignment() if tp.topic in topics})
+                placed = {tp: committed.get(tp) for tp in self.assignment() if tp.topic in topics}
+                await self._moved(placed)
+                self._give_aiokafka_positions(placed)
             # Faust follows perform_seek with app.flow_control.resume(), which empties the
             # streams' queues, then resume_flow(): hold batches until then, or they are lost.
             self._hold_until_resume = True
         return committed
+
+    def _give_aiokafka_positions(self, placed: Mapping[TP, int | None]) -> None:
+        # aiokafka keeps librdkafka's partitions paused, but its fetcher looks up the
+        # committed offset of every assigned partition without a position, one partition
+        # per request, before it even looks at the pause: at 8,192 partitions that was
+        # 8,192 round trips, each scanning the whole assignment on the consumer thread,
+        # and it starved the event loop for as long as they lasted. A position (where
+        # librdkafka starts, 0 where nothing was committed) costs no request, and aiokafka
+        # never fetches from it while the partition stays paused.
+        for tp, offset in placed.items():
+            if not offset:  # None (nothing committed) or 0: seek_to_committed moved only those above 0
+                self._thread.seek(tp, offset or 0)
 
     def _resume_where_state_says(self, committed: Mapping[TP, int]) -> dict[TP, int]:
         # The app's state, not the group's commit, says what was applied: a commit can
