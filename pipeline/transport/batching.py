@@ -73,7 +73,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, ClassVar
 
@@ -83,6 +83,7 @@ from faust.types import ConsumerT
 from faust.types.tuples import TP, ConsumerMessage
 
 from pipeline.transport.batches import SCHEME, RawBatch, batch_topics, librdkafka_consumer, resume_offsets
+from pipeline.transport.changelog_pauses import mirror_changelog_pauses
 from pipeline.transport.columns import Columns, Fetched, columns_of
 from pipeline.transport.faust_internals import FAUST_INTERNALS
 from pipeline.transport.light_records import LightConsumerThread
@@ -128,6 +129,16 @@ class BatchConsumer(aiokafka_driver.Consumer):
             if batch_topics(self.app):
                 logger.info("batch topics are fetched with %s", "aiokafka" if self._rdkafka is None else "librdkafka")
         return self._rdkafka
+
+    def pause_partitions(self, tps: Iterable[TP]) -> None:
+        tps = list(tps)
+        super().pause_partitions(tps)
+        mirror_changelog_pauses(self._thread, self.app.tables.changelog_topics, tps, pause=True)
+
+    def resume_partitions(self, tps: Iterable[TP]) -> None:
+        tps = list(tps)
+        super().resume_partitions(tps)
+        mirror_changelog_pauses(self._thread, self.app.tables.changelog_topics, tps, pause=False)
 
     def fetched_elsewhere(self, partitions: set[TP]) -> set[TP]:
         """Of ``partitions``, those librdkafka fetches: aiokafka keeps them paused."""

@@ -32,5 +32,11 @@ FAUST_INTERNALS = (
     "faust.tables.recovery:Recovery.need_recovery",
     "faust.tables.recovery:Recovery.active_highwaters",
     "faust.tables.recovery:Recovery.active_offsets",
+    # Changelog pauses mirrored into aiokafka (pipeline/transport/changelog_pauses.py).
+    "faust.transport.consumer:Consumer.pause_partitions",
+    "faust.transport.consumer:Consumer.resume_partitions",
+    "faust.tables.manager:TableManager.changelog_topics",
+    "faust.transport.drivers.aiokafka:AIOKafkaConsumerThread._ensure_consumer",
+    "faust.transport.drivers.aiokafka:AIOKafkaConsumerThread.call_thread",
 )
 """Private Faust and aiokafka names the batch transport overrides or relies on (see ``batching``'s docstring)."""
