@@ -118,6 +118,7 @@ class BatchConsumer(aiokafka_driver.Consumer):
         self._fetch_lock = asyncio.Lock()  # a fetch and a seek never overlap
         self._rdkafka: RdkafkaFetcher | None = None
         self._fetcher_chosen = False
+        self._pause_calls: set[asyncio.Future[Any]] = set()  # changelog pauses on their way to aiokafka
 
     def _librdkafka(self) -> RdkafkaFetcher | None:
         # Chosen once, on first use: the app declares it after building, before starting.
@@ -133,12 +134,12 @@ class BatchConsumer(aiokafka_driver.Consumer):
     def pause_partitions(self, tps: Iterable[TP]) -> None:
         tps = list(tps)
         super().pause_partitions(tps)
-        mirror_changelog_pauses(self._thread, self.app.tables.changelog_topics, tps, pause=True)
+        mirror_changelog_pauses(self._thread, self.app.tables.changelog_topics, tps, self._pause_calls, pause=True)
 
     def resume_partitions(self, tps: Iterable[TP]) -> None:
         tps = list(tps)
         super().resume_partitions(tps)
-        mirror_changelog_pauses(self._thread, self.app.tables.changelog_topics, tps, pause=False)
+        mirror_changelog_pauses(self._thread, self.app.tables.changelog_topics, tps, self._pause_calls, pause=False)
 
     def fetched_elsewhere(self, partitions: set[TP]) -> set[TP]:
         """Of ``partitions``, those librdkafka fetches: aiokafka keeps them paused."""
@@ -372,7 +373,7 @@ class BatchConsumer(aiokafka_driver.Consumer):
         # never fetches from it while the partition stays paused.
         for tp, offset in placed.items():
             if not offset:  # None (nothing committed) or 0: seek_to_committed moved only those above 0
-                self._thread.seek(tp, offset or 0)
+                self._thread.seek(tp, 0)
 
     def _resume_where_state_says(self, committed: Mapping[TP, int]) -> dict[TP, int]:
         # The app's state, not the group's commit, says what was applied: a commit can

@@ -26,23 +26,25 @@ __all__ = ["mirror_changelog_pauses"]
 logger = logging.getLogger(__name__)
 
 
-def mirror_changelog_pauses(thread: Any, changelog_topics: Iterable[str], tps: Iterable[TP], *, pause: bool) -> None:
-    """Pause (or resume) in aiokafka the changelog partitions among ``tps``, on ``thread`` (a Faust consumer thread)."""
+def mirror_changelog_pauses(
+    thread: Any, changelog_topics: Iterable[str], tps: Iterable[TP], running: set[asyncio.Future[Any]], *, pause: bool
+) -> None:
+    """Pause (or resume) in aiokafka the changelog partitions among ``tps``, on ``thread`` (a Faust consumer thread).
+
+    ``running`` is the caller's set of calls under way: it holds a reference to each until
+    it has run (the event loop keeps only weak ones).
+    """
     topics = set(changelog_topics)
     mine = [TopicPartition(tp.topic, tp.partition) for tp in tps if tp.topic in topics]
     if not mine:
         return
     task = asyncio.ensure_future(thread.call_thread(_set_paused, thread, mine, pause))
-    _running.add(task)
-    task.add_done_callback(_finished)
+    running.add(task)
+    task.add_done_callback(lambda done: _finished(done, running))
 
 
-_running: set[asyncio.Future[Any]] = set()
-"""Calls under way (a reference each, so none is collected before it ran)."""
-
-
-def _finished(task: asyncio.Future[Any]) -> None:
-    _running.discard(task)
+def _finished(task: asyncio.Future[Any], running: set[asyncio.Future[Any]]) -> None:
+    running.discard(task)
     if not task.cancelled() and task.exception() is not None:
         logger.warning("changelog pause mirror failed: %r", task.exception())
 
