@@ -28,6 +28,7 @@ from pipeline.app.web import register_views
 from pipeline.core.emission import build_shard_rule
 from pipeline.kafka.clients import consumer
 from pipeline.transport import SCHEME, batch_topic, fetch_with_librdkafka, register_transport
+from pipeline.transport.sends import DirectTopic
 from topics import topic_set
 from topics.specs import SHARD_TABLE
 
@@ -112,6 +113,9 @@ def create_app(settings: Settings) -> Pipeline:
         # records: a small queue keeps flow control fine-grained and memory bounded.
         stream_buffer_maxsize=16 if batched else 4096,
         stream_wait_empty=False,
+        # Every topic's sends (snapshots, changelog writes) skip Faust's per-message
+        # producer check, which cost three passes of the event loop each.
+        Topic=DirectTopic,
     )
     if batched and settings.fetcher == "librdkafka":
         fetch_with_librdkafka(app, lambda options: _fetch_consumer(settings, options))

@@ -38,5 +38,7 @@ FAUST_INTERNALS = (
     "faust.tables.manager:TableManager.changelog_topics",
     "faust.transport.drivers.aiokafka:AIOKafkaConsumerThread._ensure_consumer",
     "faust.transport.drivers.aiokafka:AIOKafkaConsumerThread.call_thread",
+    # Sends without passes of the event loop (pipeline/transport/sends.py).
+    "faust.topics:Topic._get_producer",
 )
 """Private Faust and aiokafka names the batch transport overrides or relies on (see ``batching``'s docstring)."""
