@@ -31,10 +31,13 @@ of offsets at commit time. Instead, for a batch-delivered partition:
 Seeks: on assignment Faust resumes the partitions, seeks them to the committed
 offsets and then empties the streams' queues (``flow_control.resume()``) while its
 fetcher runs on; whatever it delivers meanwhile is lost or, if the seek moved the
-partition back, delivered twice. So a fetch and a seek never overlap (a lock), and
-from a seek until Faust's ``resume_flow()`` batch partitions are not fetched and no
-batch is handed over (one fetched before is kept for later, or dropped if the seek
-moved its partition, which reads it again). Records before the offset a partition's
+partition back, delivered twice. So from a seek's start until Faust's
+``resume_flow()`` batch partitions are not fetched and no batch is handed over (one
+fetched before is kept for later, or dropped if the seek moved its partition, which
+reads it again), and a seek's bookkeeping waits for a fetch under way (a lock; not
+held across the consumer thread's seek: at a rebalance that thread waits for this
+loop's revocation, which takes the lock too, for at most 5 s). A seek that a
+revocation overtook places nothing. Records before the offset a partition's
 next batch must start at are dropped, as Faust's drain drops stale messages.
 
 Where a partition resumes: an app may declare with :func:`resume_from_state` where
@@ -102,6 +105,8 @@ _RecordMap = Mapping[TP, list[Any]]  # Faust's RecordMap: records of a fetch per
 # bounds on how long a seek or a revocation waits for the fetch lock.
 _RDKAFKA_WAIT_S = 0.2
 _OTHERS_WAIT_S = 0.05
+# How long a revocation waits for a fetch's or a seek's bookkeeping before going on without it.
+_REVOKE_LOCK_WAIT_S = 5.0
 
 
 class BatchConsumer(aiokafka_driver.Consumer):
@@ -115,7 +120,8 @@ class BatchConsumer(aiokafka_driver.Consumer):
         self._held: dict[TP, Columns] = {}  # records fetched but not handed over while holding
         self._seeks_running = 0
         self._hold_until_resume = False
-        self._fetch_lock = asyncio.Lock()  # a fetch and a seek never overlap
+        self._fetch_lock = asyncio.Lock()  # a fetch and a seek's bookkeeping never overlap
+        self._revocations = 0  # a seek that a revocation overtook places nothing
         self._rdkafka: RdkafkaFetcher | None = None
         self._fetcher_chosen = False
         self._pause_calls: set[asyncio.Future[Any]] = set()  # changelog pauses on their way to aiokafka
@@ -306,29 +312,39 @@ class BatchConsumer(aiokafka_driver.Consumer):
         return cursor
 
     @asynccontextmanager
-    async def _seeking(self) -> AsyncIterator[None]:
-        # Waits for a fetch under way, so every fetch is known to precede or follow the seek.
+    async def _seeking(self) -> AsyncIterator[int]:
+        # From here on no batch is fetched or handed over (holding) until the seek ends, and
+        # the seek starts after a fetch under way (it could bring records from before the
+        # seek). The fetch lock is then taken only for our own bookkeeping (_moved), not
+        # across the consumer thread's seek: at a rebalance that thread waits for this loop's
+        # revocation, and a revocation waiting on the lock for the group's whole rebalance
+        # timeout hung a worker.
         self._seeks_running += 1
         try:
             async with self._fetch_lock:
-                yield
+                revocations = self._revocations
+            yield revocations
         finally:
             self._seeks_running -= 1
 
-    async def _moved(self, targets: Mapping[TP, int | None]) -> None:
+    async def _moved(self, targets: Mapping[TP, int | None], revocations: int) -> None:
         # Partitions a seek moved: what was fetched of them before is read again from
-        # the offset (None: where the reset policy says, known when it arrives).
-        topics = batch_topics(self.app)
-        moved = {tp: offset for tp, offset in targets.items() if tp.topic in topics}
-        if self._rdkafka is not None:
-            await self._rdkafka.place(moved)
-        for tp, offset in moved.items():
-            self._moves[tp] += 1
-            self._held.pop(tp, None)
-            if offset is not None and offset >= 0:
-                self._expect[tp] = offset
-            else:
-                self._expect.pop(tp, None)
+        # the offset (None: where the reset policy says, known when it arrives). After a
+        # fetch under way, so every fetch is known to precede or follow the seek.
+        async with self._fetch_lock:
+            if revocations != self._revocations:
+                return  # a rebalance overtook this seek: its partitions may be another worker's now
+            topics = batch_topics(self.app)
+            moved = {tp: offset for tp, offset in targets.items() if tp.topic in topics}
+            if self._rdkafka is not None:
+                await self._rdkafka.place(moved)
+            for tp, offset in moved.items():
+                self._moves[tp] += 1
+                self._held.pop(tp, None)
+                if offset is not None and offset >= 0:
+                    self._expect[tp] = offset
+                else:
+                    self._expect.pop(tp, None)
 
     def _fetched_by_rdkafka(self, targets: Mapping[TP, int]) -> dict[TP, int]:
         # Seeks of partitions librdkafka does not fetch (yet) wait for seek_to_committed.
@@ -336,27 +352,28 @@ class BatchConsumer(aiokafka_driver.Consumer):
         return {tp: offset for tp, offset in targets.items() if rdkafka is None or tp in rdkafka.assigned}
 
     async def seek(self, partition: TP, offset: int) -> None:
-        async with self._seeking():
+        async with self._seeking() as revocations:
             await super().seek(partition, offset)
-            await self._moved(self._fetched_by_rdkafka({partition: offset}))
+            await self._moved(self._fetched_by_rdkafka({partition: offset}), revocations)
 
     async def seek_wait(self, partitions: Mapping[TP, int]) -> None:
-        async with self._seeking():
+        async with self._seeking() as revocations:
             await super().seek_wait(partitions)
-            await self._moved(self._fetched_by_rdkafka(partitions))
+            await self._moved(self._fetched_by_rdkafka(partitions), revocations)
 
     async def seek_to_committed(self) -> Mapping[TP, int]:
         rdkafka = self._librdkafka()
-        async with self._seeking():
+        async with self._seeking() as revocations:
             committed = self._resume_where_state_says(await super().seek_to_committed())
             if rdkafka is None:
                 # aiokafka moves only partitions with a committed offset above 0.
-                await self._moved({tp: offset for tp, offset in committed.items() if offset and offset > 0})
+                moved = {tp: offset for tp, offset in committed.items() if offset and offset > 0}
+                await self._moved(moved, revocations)
             else:
                 # librdkafka starts every assigned batch partition here, and only here.
                 topics = batch_topics(self.app)
                 placed = {tp: committed.get(tp) for tp in self.assignment() if tp.topic in topics}
-                await self._moved(placed)
+                await self._moved(placed, revocations)
                 self._give_aiokafka_positions(placed)
             # Faust follows perform_seek with app.flow_control.resume(), which empties the
             # streams' queues, then resume_flow(): hold batches until then, or they are lost.
@@ -400,9 +417,10 @@ class BatchConsumer(aiokafka_driver.Consumer):
         super().resume_flow()
 
     async def on_partitions_revoked(self, revoked: set[TP]) -> None:
+        self._revocations += 1
         if self._rdkafka is not None:
             # Stop fetching them first (after a fetch under way): another worker reads them next.
-            async with self._fetch_lock:
+            async with self._lock_for_revocation():
                 await self._rdkafka.drop(revoked)
                 for tp in revoked:
                     self._moves[tp] += 1
@@ -412,6 +430,23 @@ class BatchConsumer(aiokafka_driver.Consumer):
             self._spans.pop(tp, None)
             self._expect.pop(tp, None)
             self._held.pop(tp, None)
+
+    @asynccontextmanager
+    async def _lock_for_revocation(self) -> AsyncIterator[None]:
+        # The group waits for this revocation: never for long. Without the lock the drop
+        # still runs after any fetch under way (librdkafka's calls run in order on one
+        # thread), Faust hands over nothing that fetch brings (its flow is stopped for the
+        # rebalance), and a seek the revocation overtook places nothing (_revocations).
+        try:
+            await asyncio.wait_for(self._fetch_lock.acquire(), _REVOKE_LOCK_WAIT_S)
+        except TimeoutError:
+            logger.warning("revocation: the fetch lock was held %.0f s; revoking without it", _REVOKE_LOCK_WAIT_S)
+            yield
+            return
+        try:
+            yield
+        finally:
+            self._fetch_lock.release()
 
     def highwater(self, tp: TP) -> int:
         rdkafka = self._rdkafka
