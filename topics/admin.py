@@ -86,7 +86,7 @@ class TopicState:
     partitions: int
     """Its partition count (0 when missing)."""
     config: dict[str, str]
-    """Its values of the configs named in the spec."""
+    """Its values of the configs named in the spec (required and tuning)."""
 
     @property
     def conflicts(self) -> list[str]:
@@ -100,6 +100,17 @@ class TopicState:
             if self.config.get(key) != wanted:
                 found.append(f"{key}: spec {wanted!r}, cluster {self.config.get(key)!r}")
         return found
+
+    @property
+    def untuned(self) -> list[str]:
+        """The spec's tuning configs the topic lacks: slower, not wrong (empty when it has them or is missing)."""
+        if not self.exists:
+            return []
+        return [
+            f"{key}: tuned {wanted!r}, cluster {self.config.get(key)!r}"
+            for key, wanted in self.spec.tuning.items()
+            if self.config.get(key) != wanted
+        ]
 
 
 def partition_counts(admin: AdminClient, timeout_s: float = 30.0) -> dict[str, int]:
@@ -146,7 +157,7 @@ def create_topics(admin: AdminClient, specs: Iterable[TopicSpec], options: Admin
             more = f" of {spec.partitions:,} (then {step:,} more per request)" if first < spec.partitions else ""
             options.say(f"creating topic {spec.name} with {first:,} partition{'s' if first != 1 else ''}{more}")
             new_topics.append(NewTopic(spec.name, num_partitions=first, replication_factor=spec.replication_factor,
-                                       config=dict(spec.config)))  # fmt: skip
+                                       config=spec.creation_config))  # fmt: skip
         for name, future in admin.create_topics(new_topics, request_timeout=options.timeout_s).items():
             try:
                 future.result(timeout=options.timeout_s)
@@ -251,8 +262,9 @@ def _wait_for_leaders(admin: AdminClient, specs: list[TopicSpec], timeout_s: flo
 
 
 def _configs(admin: AdminClient, spec: TopicSpec, timeout_s: float) -> dict[str, str]:
-    if not spec.config:
+    wanted = spec.creation_config
+    if not wanted:
         return {}
     resource = ConfigResource(ConfigResource.Type.TOPIC, spec.name)
     result = admin.describe_configs([resource], request_timeout=timeout_s)[resource].result(timeout=timeout_s)
-    return {key: str(entry.value) for key, entry in result.items() if key in spec.config}
+    return {key: str(entry.value) for key, entry in result.items() if key in wanted}

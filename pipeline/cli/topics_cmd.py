@@ -72,7 +72,9 @@ def describe() -> None:
     table = Table("topic", "partitions", "configs", "status", "purpose")
     for state in states:
         status = "missing" if not state.exists else ("; ".join(state.conflicts) or "ok")
-        configs = ", ".join(f"{k}={v}" for k, v in state.spec.config.items())
+        if state.untuned and not state.conflicts:
+            status += f" (slower: {'; '.join(state.untuned)}; `kafka-configs --alter` can set them)"
+        configs = ", ".join(f"{k}={v}" for k, v in state.spec.creation_config.items())
         table.add_row(state.spec.name, str(state.spec.partitions), configs, status, state.spec.purpose)
     out.print(table)
     if any(s.conflicts for s in states):

@@ -45,6 +45,7 @@ def test_create_is_idempotent_and_matches_the_specs(kafka: BrokerHandle) -> None
     assert states[settings.topic_numbers].partitions == 3
     assert states[settings.topic_sketches].config["cleanup.policy"] == "compact"
     assert states[settings.topic_medians].partitions == 1
+    assert states[settings.topic_numbers].config["segment.index.bytes"] == str(128 * 1024)
 
 
 def test_an_existing_topic_with_another_partition_count_is_refused_not_changed(kafka: BrokerHandle) -> None:
@@ -67,6 +68,28 @@ def test_an_existing_topic_with_another_partition_count_is_refused_not_changed(k
     assert "partitions: spec 3, cluster 5" in cli.stderr
     state = describe_topics(admin, [topic_set(settings).numbers])[0]
     assert state.partitions == 5
+
+
+def test_an_existing_topic_without_the_tuning_configs_is_kept_and_described_as_slower(kafka: BrokerHandle) -> None:
+    env = _env(kafka)
+    settings = load_settings(environ=env)
+    admin = admin_client(settings)
+    numbers = topic_set(settings).numbers
+    admin.create_topics([NewTopic(numbers.name, num_partitions=3, replication_factor=1, config=dict(numbers.config))])[
+        numbers.name
+    ].result(timeout=30)
+
+    create_topics(admin, topic_set(settings))  # no conflict: the tuning is not required
+
+    state = describe_topics(admin, [numbers])[0]
+    assert state.conflicts == []
+    assert [line.split(":")[0] for line in state.untuned] == ["segment.index.bytes", "index.interval.bytes"]
+    cli = subprocess.run(
+        [sys.executable, "-m", "pipeline", "topics", "describe"],
+        env={**os.environ, **env, "COLUMNS": "400"}, cwd=REPO, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert cli.returncode == 0, cli.stderr
+    assert "slower: segment.index.bytes" in cli.stdout
 
 
 def test_a_bad_setting_stops_the_cli_with_a_message_naming_it(kafka: BrokerHandle) -> None:

@@ -27,6 +27,17 @@ def test_dead_letters_keeps_rejected_input_longer_than_numbers_by_default() -> N
     assert int(DEFAULTS.dead_letters.config["retention.ms"]) > int(DEFAULTS.numbers.config["retention.ms"])
 
 
+def test_topics_with_a_partition_per_shard_keep_small_index_files_that_still_cover_a_large_segment() -> None:
+    for spec in (DEFAULTS.numbers, DEFAULTS.shard_changelog):
+        index_bytes = int(spec.tuning["segment.index.bytes"])
+        interval = int(spec.tuning["index.interval.bytes"])
+        assert spec.creation_config["segment.index.bytes"] == spec.tuning["segment.index.bytes"]
+        # A first touch of a mapped index page reads around it and zeroes the holes: the file's size bounds that.
+        assert index_bytes <= 128 * 1024
+        # Kafka rolls a segment when an index is full; the time index's entries are 12 bytes.
+        assert (index_bytes // 12) * interval >= 512 * 1024 * 1024
+
+
 @pytest.mark.parametrize("partitions", [1, 3, 64])
 def test_numbers_partitions_follow_settings_and_others_stay_at_one(partitions: int) -> None:
     topics = topic_set(load_settings({"numbers_partitions": partitions}, environ={}))
