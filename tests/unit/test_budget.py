@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.core.budget import BudgetTracker, GlobalView, GridOptions, ShardLiveness
+from pipeline.core.budget import BudgetTracker, GlobalView, GridOptions, ShardLiveness, _at_or_below, _float32_cell_tops
 from pipeline.core.codec import CodecOptions
 from pipeline.core.emission import (
     BudgetRule,
@@ -90,29 +90,63 @@ def test_tracker_bounds_always_bracket_the_exact_counts(seed: int, size: int, ki
         assert low <= below <= at_or_below <= high
 
 
-@pytest.mark.parametrize("kind", ["a float32 step from a few grid values", "infinities and signed zeros",
-                                  "at and next to every grid value"])  # fmt: skip
-def test_counts_are_exact_where_float32_keys_cannot_tell(kind: str) -> None:
-    # The counts sort float32 keys: numbers within a float32 step of a grid value (or beyond
-    # float32's range, or tiny) share its key. Those grid values are counted in float64,
-    # each on its own when there are a few, all at once when there are many.
-    rng = np.random.default_rng(len(kind))
-    specials = [-1e300, -3.5e38, -1.0, -1e-320, 0.0, 1e-310, 1.0, 3.5e38, 1e39, 1e300]
-    grid = np.unique(np.concatenate([specials, rng.normal(size=20)]))
-    tracker = BudgetTracker(0.01)
-    tracker.see(GlobalView(tuple(np.linspace(0.0, 1.0, grid.size)), tuple(grid), 100, 1, 0.01, ts=1))
-    tracker.anchor(None)  # no sketch: the grid is the served values
-    assert np.array_equal(tracker.grid, grid)
+def _numbers_near(grid: npt.NDArray[np.float64], kind: str, rng: np.random.Generator) -> npt.NDArray[np.float64]:
     near = rng.choice(grid[np.abs(grid) < 3], 3) if kind.startswith("a float32") else grid
     numbers = rng.normal(size=2000)
     if kind.startswith("infinities"):
-        numbers = np.concatenate([numbers, [np.inf, -np.inf, -0.0, 5e-324]])
-    else:
-        steps = [near, np.nextafter(near, np.inf), np.nextafter(near, -np.inf), near * (1 + 1e-9), near * (1 - 1e-9)]
-        numbers = np.concatenate([numbers, *steps])
+        return np.concatenate([numbers, [np.inf, -np.inf, -0.0, 5e-324]])
+    steps = [near, np.nextafter(near, np.inf), np.nextafter(near, -np.inf), near * (1 + 1e-9), near * (1 - 1e-9)]
+    return np.concatenate([numbers, *steps])
+
+
+_SPECIALS = [-1e300, -3.5e38, -1.0, -1e-320, 0.0, 1e-310, 1.0, 3.5e38, 1e39, 1e300]
+_KINDS = ["a float32 step from a few grid values", "infinities and signed zeros", "at and next to every grid value"]
+
+
+@pytest.mark.parametrize("kind", _KINDS)
+def test_counts_are_exact_where_float32_keys_cannot_tell(kind: str) -> None:
+    # The counts sort float32 keys: numbers within a float32 step of a grid value (or beyond
+    # float32's range, or tiny) share its key. The tracker lays its grid at float32 cells' tops,
+    # where a shared key is a number at or below the grid value: every count is exact.
+    rng = np.random.default_rng(len(kind))
+    served = np.unique(np.concatenate([_SPECIALS, rng.normal(size=20)]))
+    tracker = BudgetTracker(0.01)
+    tracker.see(GlobalView(tuple(np.linspace(0.0, 1.0, served.size)), tuple(served), 100, 1, 0.01, ts=1))
+    tracker.anchor(None)  # no sketch: the grid is the served values, each at its float32 cell's top
+    grid = tracker.grid
+    with np.errstate(over="ignore"):  # beyond float32's range: +-inf
+        assert np.array_equal(grid.astype(np.float32), np.unique(served.astype(np.float32)))
+        finite = np.isfinite(grid)
+        assert np.all(np.nextafter(grid[finite], np.inf).astype(np.float32) > grid[finite].astype(np.float32))
+    numbers = np.concatenate([_numbers_near(served, kind, rng), _numbers_near(grid, kind, rng)])
     for part in np.array_split(rng.permutation(numbers), 3):
         tracker.observe(part)
     assert np.array_equal(tracker.at_or_below, [(numbers <= g).sum() for g in grid])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.floats(allow_nan=False, allow_infinity=True), min_size=1, max_size=50))
+def test_a_float32_cell_top_is_the_largest_number_with_its_key(values: list[float]) -> None:
+    grid = np.asarray(values)
+    tops = _float32_cell_tops(grid)
+    with np.errstate(over="ignore", under="ignore"):
+        keys = grid.astype(np.float32)
+        assert np.array_equal(tops.astype(np.float32), np.unique(keys))
+        finite = np.isfinite(tops)
+        assert np.all(np.nextafter(tops[finite], np.inf).astype(np.float32) > tops[finite].astype(np.float32))
+        slots = np.searchsorted(tops.astype(np.float32), keys)
+    assert np.all(tops[slots] >= grid)
+
+
+@pytest.mark.parametrize("kind", _KINDS)
+def test_counts_are_exact_at_any_grid_value_not_only_at_float32_cell_tops(kind: str) -> None:
+    # Off a cell's top, numbers sharing a grid value's key are counted in float64: each grid
+    # value on its own when there are a few, all at once when there are many.
+    rng = np.random.default_rng(len(kind))
+    grid = np.unique(np.concatenate([_SPECIALS, rng.normal(size=20)]))
+    numbers = _numbers_near(grid, kind, rng)
+    counts = _at_or_below(list(np.array_split(rng.permutation(numbers), 3)), grid)
+    assert np.array_equal(counts, [(numbers <= g).sum() for g in grid])
 
 
 def test_tracker_grid_is_fine_near_the_tracked_values() -> None:
