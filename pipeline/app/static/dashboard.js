@@ -45,7 +45,21 @@
   }
   function axisValues(u, vals, axisIdx, space, incr) {
     const top = Math.max(...vals.map((v) => Math.abs(v)));
-    return vals.map((v) => fmtTick(v, incr, top));
+    // The step between the ticks drawn (custom splits may differ from uPlot's own increment).
+    const step = vals.length > 1 ? Math.abs(vals[1] - vals[0]) : incr;
+    return vals.map((v) => fmtTick(v, step, top));
+  }
+  // Ticks from 0 at a 1-2-5 step giving 3 to 6 of them, whatever the chart's height: uPlot's own
+  // choice (a step whose ticks are 30 px apart) gave only "0, 2" on a flat rate of 3 when the
+  // plot was a few pixels shorter.
+  function splitsFromZero(u, axisIdx, min, max) {
+    if (!(max > 0)) return [0];
+    const raw = max / 5;
+    const magnitude = 10 ** Math.floor(Math.log10(raw));
+    const step = [1, 2, 5, 10].map((m) => m * magnitude).find((s) => s >= raw * (1 - 1e-9));
+    const ticks = [];
+    for (let i = 0; i * step <= max * (1 + 1e-9); i++) ticks.push(Number((i * step).toPrecision(12)));
+    return ticks;
   }
   // Wide enough for the longest tick label (uPlot's fixed size clips "123.470M").
   function axisSize(u, values) {
@@ -103,7 +117,7 @@
       // not on the chart's edge; no rate yet is a line on 0 of [0, 1].
       scales: { x: { time: true }, y: { range: (u, min, max) => [0, max > 0 ? max * 1.25 : 1] } },
       series: [{}, { label: "numbers/s", stroke: "#1f8f4e", width: 2, fill: "rgba(31,143,78,0.10)" }],
-      axes: [X_AXIS, { size: axisSize, values: axisValues }],
+      axes: [X_AXIS, { size: axisSize, values: axisValues, splits: splitsFromZero }],
     }, [[], []], rateEl);
 
     window.addEventListener("resize", () => {
