@@ -13,11 +13,12 @@ numbers and no rejection.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Sequence
 
 import numpy as np
 import numpy.typing as npt
-import orjson
+import simdjson
 
 __all__ = ["FLOAT64_MAGIC", "NUMERIC_JSON_BYTES", "SCALAR_FAST_PATH_BYTES", "decode_whole"]
 
@@ -36,6 +37,16 @@ SCALAR_FAST_PATH_BYTES = 64
 _JOINED_ARRAYS_BYTES = 1 << 20
 
 FloatArray = npt.NDArray[np.float64]
+
+
+class _ThreadParser(threading.local):
+    """One simdjson parser per thread: a parser reuses its buffers between documents and is not thread-safe."""
+
+    def __init__(self) -> None:
+        self.parser = simdjson.Parser()
+
+
+_parsers = _ThreadParser()
 
 
 def decode_whole(values: Sequence[bytes | None], max_value_bytes: int, accept_infinity: bool) -> FloatArray | None:
@@ -69,14 +80,10 @@ def _decode_all_scalars(values: Sequence[bytes | None], max_value_bytes: int) ->
     # anything that is not a plain number take the careful path.
     if joined.translate(None, NUMERIC_JSON_BYTES):
         return None
-    try:
-        parsed = orjson.loads(b"[" + joined + b"]")
-    except orjson.JSONDecodeError:
-        return None  # e.g. an empty value (two commas in a row) or "1.2.3"
+    array = _parse_flat_array(b"[" + joined + b"]")  # None: e.g. an empty value (two commas in a row) or "1.2.3"
     # Equal lengths prove no value held a comma that split it into two numbers.
-    if len(parsed) != len(values):
+    if array is None or array.size != len(values):
         return None
-    array = np.asarray(parsed, dtype=np.float64)
     return array if np.isfinite(array).all() else None
 
 
@@ -145,14 +152,28 @@ def _parse_joined_arrays(views: list[memoryview]) -> FloatArray | None:
     # and a comma cannot join two messages' numbers into one: each message parses alone.
     if joined.translate(None, NUMERIC_JSON_BYTES) != b"[]":
         return None
-    try:
-        parsed = orjson.loads(joined)
-    except orjson.JSONDecodeError:
-        return None  # e.g. "1e400", or "[1,]"
-    if not parsed:
+    array = _parse_flat_array(joined)  # None: e.g. "1e400" or "[1,]"
+    if array is None or not array.size:
         return None  # a lone "[]": rejected as empty by the careful path
-    array = np.asarray(parsed, dtype=np.float64)
     return array if np.isfinite(array).all() else None
+
+
+def _parse_flat_array(document: bytes) -> FloatArray | None:
+    """The numbers of a JSON array that holds only numbers (the caller checked its bytes), else None.
+
+    simdjson writes the doubles straight into one buffer, with no Python float per number:
+    orjson's list of floats and its conversion to an array cost 4-5 times the parse. Its
+    numbers are correctly rounded, like orjson's. What it refuses (a number beyond a double's
+    range, an integer beyond 64 bits, a stray comma) is decoded value by value by the careful
+    path, which names the reason or, for the big integer, takes it as orjson does.
+    """
+    try:
+        parsed = _parsers.parser.parse(document)
+        if not isinstance(parsed, simdjson.Array):
+            return None
+        return np.frombuffer(parsed.as_buffer(of_type="d"), dtype=np.float64)
+    except (ValueError, TypeError, RuntimeError):
+        return None
 
 
 def _may_be_all_scalars(values: Sequence[bytes | None], max_value_bytes: int) -> bool:

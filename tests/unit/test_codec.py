@@ -384,6 +384,23 @@ def test_a_batch_of_arrays_larger_than_one_joined_parse_decodes_as_each_alone(ba
     assert batch.values.size == 150_000 - (bad is not None) * (1000 - int(bad == b"[1, null]"))
 
 
+@pytest.mark.parametrize(
+    "odd",
+    [b"123456789012345678901234567890", b"18446744073709551615", b"-9223372036854775809", b"9007199254740993",
+     b"-0", b"-0.0", b"1E5", b"5e-324", b"1.7976931348623157e308"],
+)  # fmt: skip
+@pytest.mark.parametrize("as_array", [False, True])
+def test_numbers_at_a_parser_s_edges_decode_in_a_batch_as_each_alone(odd: bytes, as_array: bool) -> None:
+    # The joined parse (simdjson) refuses an integer beyond 64 bits, which the careful path
+    # (orjson) takes as a float: the batch falls back and must still give the same numbers.
+    values: list[bytes | None] = [b"[1, %s, 2]" % odd, b"[3]"] if as_array else [b"1", odd, b"2"]
+    batch = decode_batch(values)
+    reference = decode_each(values)
+    assert same_floats(batch.values, reference.values)
+    assert np.array_equal(np.signbit(batch.values), np.signbit(reference.values))
+    assert batch.rejections == reference.rejections == ()
+
+
 @FAST
 @given(st.lists(MESSAGE, max_size=12))
 def test_decode_batch_equals_decoding_each_value(values: list[bytes | None]) -> None:
