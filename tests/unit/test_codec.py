@@ -401,6 +401,22 @@ def test_numbers_at_a_parser_s_edges_decode_in_a_batch_as_each_alone(odd: bytes,
     assert batch.rejections == reference.rejections == ()
 
 
+@pytest.mark.parametrize(
+    "odd",
+    [b'[1, "2"]', b"[1, true]", b"[null]", b'[1, {"a": 2}]', b"[1, {}]", b"[1, [2]]", b"[[1, 2]]", b"[1], [2]",
+     b"[1]]", b"[NaN]", b"[Infinity]", b"[1, 2,]", b"[]", b"[1 2]", b"[0x10]", b"[1] x"],
+)  # fmt: skip
+def test_an_array_the_joined_parse_must_not_take_decodes_in_a_batch_as_alone(odd: bytes) -> None:
+    # The joined parse scans for nothing but an inner "[": everything else that is not a flat
+    # array of numbers must make simdjson refuse the batch, which then goes value by value.
+    values: list[bytes | None] = [b"[1.5, 2.5]", odd, b"[3]"]
+    batch = decode_batch(values)
+    reference = decode_each(values)
+    assert same_floats(batch.values, reference.values)
+    assert batch.rejections == reference.rejections
+    assert [r.index for r in batch.rejections] == [1]
+
+
 @FAST
 @given(st.lists(MESSAGE, max_size=12))
 def test_decode_batch_equals_decoding_each_value(values: list[bytes | None]) -> None:
