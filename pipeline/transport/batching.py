@@ -15,18 +15,8 @@ partition) stay Faust's::
 
 Offset bookkeeping
 ------------------
-A batch message has the offset L of its last record, and Faust acks L only. Left
-alone, Faust's drain would record the batch's other offsets as a "gap" that
-includes L (commits then stall on the duplicate) and expand every gap into a list
-of offsets at commit time. Instead, for a batch-delivered partition:
-
-* handing a batch to Faust sets Faust's read offset to L (no gap, nothing for the
-  drain to drop) and records the batch's *span* ``L -> S``, S being where it was
-  expected to start (the previous batch's L + 1, or the offset of the last seek),
-  so offsets a fetch skips (transaction markers, compaction) join the next span;
-* ``_new_offset`` walks the acked L's in order and moves the commit point to L + 1
-  while the batch's span starts at or before it: one step per batch, no offset
-  lists. An acked batch after an unacked one waits, as in Faust.
+A batch message has the offset L of its last record, and Faust acks L only: see
+:mod:`pipeline.transport.spans` for how the commit point moves one batch at a time.
 
 Seeks: on assignment Faust resumes the partitions, seeks them to the committed
 offsets and then empties the streams' queues (``flow_control.resume()``) while its
@@ -76,8 +66,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
-from collections.abc import AsyncIterator, Iterable, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
 
 from faust.transport.drivers import TRANSPORTS
@@ -89,8 +78,10 @@ from pipeline.transport.batches import SCHEME, RawBatch, batch_topics, librdkafk
 from pipeline.transport.changelog_pauses import mirror_changelog_pauses
 from pipeline.transport.columns import Columns, Fetched, columns_of
 from pipeline.transport.faust_internals import FAUST_INTERNALS
+from pipeline.transport.fetch_gate import FetchGate
 from pipeline.transport.light_records import LightConsumerThread
 from pipeline.transport.rdkafka_fetch import RdkafkaFetcher
+from pipeline.transport.spans import advance_commit
 
 __all__ = ["FAUST_INTERNALS", "BatchConsumer", "BatchTransport", "register_transport"]
 
@@ -105,8 +96,6 @@ _RecordMap = Mapping[TP, list[Any]]  # Faust's RecordMap: records of a fetch per
 # bounds on how long a seek or a revocation waits for the fetch lock.
 _RDKAFKA_WAIT_S = 0.2
 _OTHERS_WAIT_S = 0.05
-# How long a revocation waits for a fetch's or a seek's bookkeeping before going on without it.
-_REVOKE_LOCK_WAIT_S = 5.0
 
 
 class BatchConsumer(aiokafka_driver.Consumer):
@@ -118,10 +107,8 @@ class BatchConsumer(aiokafka_driver.Consumer):
         self._expect: dict[TP, int] = {}  # offset each batch tp's next batch starts at
         self._moves: defaultdict[TP, int] = defaultdict(int)  # seeks and revocations per tp
         self._held: dict[TP, Columns] = {}  # records fetched but not handed over while holding
-        self._seeks_running = 0
         self._hold_until_resume = False
-        self._fetch_lock = asyncio.Lock()  # a fetch and a seek's bookkeeping never overlap
-        self._revocations = 0  # a seek that a revocation overtook places nothing
+        self._gate = FetchGate()  # a fetch and a seek's bookkeeping never overlap
         self._rdkafka: RdkafkaFetcher | None = None
         self._fetcher_chosen = False
         self._pause_calls: set[asyncio.Future[Any]] = set()  # changelog pauses on their way to aiokafka
@@ -163,14 +150,14 @@ class BatchConsumer(aiokafka_driver.Consumer):
 
     @property
     def _holding(self) -> bool:
-        return self._seeks_running > 0 or self._hold_until_resume
+        return self._gate.seeking or self._hold_until_resume
 
     async def _getmany(self, active_partitions: set[TP] | None, timeout: float) -> _RecordMap:
         topics = batch_topics(self.app)
         if not topics:
             return await super()._getmany(active_partitions, timeout)
         rdkafka = self._librdkafka()
-        async with self._fetch_lock:
+        async with self._gate.lock:
             if rdkafka is not None:
                 return await self._getmany_rdkafka(rdkafka, topics, active_partitions, timeout)
             # While holding, leave batch partitions in aiokafka's hands: nothing read, nothing lost.
@@ -287,52 +274,17 @@ class BatchConsumer(aiokafka_driver.Consumer):
     def _new_offset(self, tp: TP) -> int | None:
         if tp.topic not in batch_topics(self.app):
             return super()._new_offset(tp)
-        acked = self._acked[tp]
-        if not acked:
-            return None
-        acked.sort()
-        spans = self._spans[tp]
-        committed = self._committed_offset[tp]
-        # Nothing committed yet (or offset 0, which Faust stores as None): the
-        # earliest batch still tracked is where the partition started.
-        cursor = committed if committed is not None else min(spans.values(), default=acked[0])
-        done = 0
-        for last in acked:
-            if spans.get(last, last) > cursor:
-                break  # an earlier batch is not acked yet
-            cursor = max(cursor, last + 1)
-            done += 1
-        if not done:
-            return None
-        finished = acked[:done]
-        del acked[:done]
+        cursor, finished = advance_commit(self._acked[tp], self._spans[tp], self._committed_offset[tp])
         self._acked_index[tp].difference_update(finished)
-        for last in [last for last in spans if last < cursor]:  # also spans superseded by a seek
-            del spans[last]
         return cursor
-
-    @asynccontextmanager
-    async def _seeking(self) -> AsyncIterator[int]:
-        # From here on no batch is fetched or handed over (holding) until the seek ends, and
-        # the seek starts after a fetch under way (it could bring records from before the
-        # seek). The fetch lock is then taken only for our own bookkeeping (_moved), not
-        # across the consumer thread's seek: at a rebalance that thread waits for this loop's
-        # revocation, and a revocation waiting on the lock for the group's whole rebalance
-        # timeout hung a worker.
-        self._seeks_running += 1
-        try:
-            async with self._fetch_lock:
-                revocations = self._revocations
-            yield revocations
-        finally:
-            self._seeks_running -= 1
 
     async def _moved(self, targets: Mapping[TP, int | None], revocations: int) -> None:
         # Partitions a seek moved: what was fetched of them before is read again from
         # the offset (None: where the reset policy says, known when it arrives). After a
-        # fetch under way, so every fetch is known to precede or follow the seek.
-        async with self._fetch_lock:
-            if revocations != self._revocations:
+        # fetch under way, so every fetch is known to precede or follow the seek; the
+        # consumer thread's seek itself ran without the lock (pipeline/transport/fetch_gate.py).
+        async with self._gate.lock:
+            if self._gate.overtaken(revocations):
                 return  # a rebalance overtook this seek: its partitions may be another worker's now
             topics = batch_topics(self.app)
             moved = {tp: offset for tp, offset in targets.items() if tp.topic in topics}
@@ -352,18 +304,18 @@ class BatchConsumer(aiokafka_driver.Consumer):
         return {tp: offset for tp, offset in targets.items() if rdkafka is None or tp in rdkafka.assigned}
 
     async def seek(self, partition: TP, offset: int) -> None:
-        async with self._seeking() as revocations:
+        async with self._gate.seek() as revocations:
             await super().seek(partition, offset)
             await self._moved(self._fetched_by_rdkafka({partition: offset}), revocations)
 
     async def seek_wait(self, partitions: Mapping[TP, int]) -> None:
-        async with self._seeking() as revocations:
+        async with self._gate.seek() as revocations:
             await super().seek_wait(partitions)
             await self._moved(self._fetched_by_rdkafka(partitions), revocations)
 
     async def seek_to_committed(self) -> Mapping[TP, int]:
         rdkafka = self._librdkafka()
-        async with self._seeking() as revocations:
+        async with self._gate.seek() as revocations:
             committed = self._resume_where_state_says(await super().seek_to_committed())
             if rdkafka is None:
                 # aiokafka moves only partitions with a committed offset above 0.
@@ -417,10 +369,10 @@ class BatchConsumer(aiokafka_driver.Consumer):
         super().resume_flow()
 
     async def on_partitions_revoked(self, revoked: set[TP]) -> None:
-        self._revocations += 1
+        self._gate.revoked()
         if self._rdkafka is not None:
             # Stop fetching them first (after a fetch under way): another worker reads them next.
-            async with self._lock_for_revocation():
+            async with self._gate.locked_for_revocation():
                 await self._rdkafka.drop(revoked)
                 for tp in revoked:
                     self._moves[tp] += 1
@@ -430,23 +382,6 @@ class BatchConsumer(aiokafka_driver.Consumer):
             self._spans.pop(tp, None)
             self._expect.pop(tp, None)
             self._held.pop(tp, None)
-
-    @asynccontextmanager
-    async def _lock_for_revocation(self) -> AsyncIterator[None]:
-        # The group waits for this revocation: never for long. Without the lock the drop
-        # still runs after any fetch under way (librdkafka's calls run in order on one
-        # thread), Faust hands over nothing that fetch brings (its flow is stopped for the
-        # rebalance), and a seek the revocation overtook places nothing (_revocations).
-        try:
-            await asyncio.wait_for(self._fetch_lock.acquire(), _REVOKE_LOCK_WAIT_S)
-        except TimeoutError:
-            logger.warning("revocation: the fetch lock was held %.0f s; revoking without it", _REVOKE_LOCK_WAIT_S)
-            yield
-            return
-        try:
-            yield
-        finally:
-            self._fetch_lock.release()
 
     def highwater(self, tp: TP) -> int:
         rdkafka = self._rdkafka
@@ -458,7 +393,7 @@ class BatchConsumer(aiokafka_driver.Consumer):
     async def on_stop(self) -> None:
         await super().on_stop()
         if self._rdkafka is not None:
-            async with self._fetch_lock:
+            async with self._gate.lock:
                 await self._rdkafka.close()
 
 
