@@ -157,9 +157,9 @@ class BatchConsumer(aiokafka_driver.Consumer):
         if not topics:
             return await super()._getmany(active_partitions, timeout)
         rdkafka = self._librdkafka()
+        if rdkafka is not None:
+            return await self._getmany_rdkafka(rdkafka, topics, active_partitions, timeout)
         async with self._gate.lock:
-            if rdkafka is not None:
-                return await self._getmany_rdkafka(rdkafka, topics, active_partitions, timeout)
             # While holding, leave batch partitions in aiokafka's hands: nothing read, nothing lost.
             if self._holding and active_partitions:
                 active_partitions = {tp for tp in active_partitions if tp.topic not in topics}
@@ -172,19 +172,27 @@ class BatchConsumer(aiokafka_driver.Consumer):
         self, rdkafka: RdkafkaFetcher, topics: frozenset[str], active: set[TP] | None, timeout: float
     ) -> _RecordMap:
         # Batch partitions from librdkafka, the others from aiokafka: whichever is idle
-        # waits no longer than a moment while the other may have records.
+        # waits no longer than a moment while the other may have records. Only the first,
+        # and its bookkeeping, hold the fetch lock: aiokafka's fetch runs on the consumer
+        # thread, which at a rebalance waits for this loop's revocation, and the revocation
+        # waits for the lock (a takeover at 8,192 shards lost the revocation's whole 5 s).
         others = {tp for tp in (self.assignment() if active is None else active) if tp.topic not in topics}
-        fetched: dict[TP, Columns] = {}
-        if not self._holding:
-            wait = 0.0 if others else min(timeout, _RDKAFKA_WAIT_S)
-            fetched = await rdkafka.fetch(self._paused_partitions, wait)
-        records: dict[TP, list[Any]] = {}
+        async with self._gate.lock:
+            fetched: dict[TP, Columns] = {}
+            if not self._holding:
+                wait = 0.0 if others else min(timeout, _RDKAFKA_WAIT_S)
+                fetched = await rdkafka.fetch(self._paused_partitions, wait)
+            records = self._hand_over(fetched, active)
         if others:
             records.update(await super()._getmany(others, 0.0 if fetched else min(timeout, _OTHERS_WAIT_S)))
         elif not fetched and self._holding:
             await asyncio.sleep(min(timeout, _OTHERS_WAIT_S))
+        return records
+
+    def _hand_over(self, fetched: Mapping[TP, Columns], active: set[TP] | None) -> dict[TP, list[Any]]:
         # Faust's getmany yields active and buffer-full partitions only: keep the others'
         # records (a pause that came during the fetch) until they are again.
+        records: dict[TP, list[Any]] = {}
         buffered = self._buffered_partitions
         for tp, columns in fetched.items():
             if active is None or tp in active or tp in buffered:
