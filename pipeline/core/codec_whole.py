@@ -161,7 +161,7 @@ def _parse_joined_arrays(views: list[memoryview]) -> FloatArray | None:
 
 
 def _parse_flat_array(document: bytes) -> FloatArray | None:
-    """The numbers of a JSON array that holds only numbers (the caller checked its bytes), else None.
+    """The numbers of a JSON array of numbers, none of them nested (the caller made sure), else None.
 
     simdjson writes the doubles straight into one buffer, with no Python float per number:
     orjson's list of floats and its conversion to an array cost 4-5 times the parse. Its
