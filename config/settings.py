@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -77,6 +78,13 @@ class Settings(BaseModel):
     accept_infinity: bool = False
     max_value_bytes: int = Field(default=8 * 1024 * 1024, ge=64)
 
+    source_id_pattern: str = Field(default=r"[A-Za-z0-9_-]{1,64}", min_length=1)
+    max_sources: int = Field(default=10_000, ge=1, le=1_000_000)
+    source_messages_per_s: float = Field(default=5.0, gt=0.0, le=100_000.0)
+    source_burst: int = Field(default=20, ge=1, le=1_000_000)
+    max_source_sketch_bytes: int = Field(default=64 * 1024, ge=1024, le=64 * 1024 * 1024)
+    source_clock_ahead_ms: int = Field(default=300_000, ge=0, le=86_400_000)
+
     session_timeout_ms: int = Field(default=10_000, ge=3_000, le=300_000)
     data_dir: Path = Path("var/dmedian")
     web_host: str = "127.0.0.1"
@@ -103,6 +111,15 @@ class Settings(BaseModel):
             if not 0.0 <= q <= 1.0:
                 raise ValueError(f"quantile {q} is outside [0, 1]")
         return tuple(sorted(set(value)))
+
+    @field_validator("source_id_pattern")
+    @classmethod
+    def _check_source_id_pattern(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"{value!r} is not a regular expression: {exc}") from None
+        return value
 
     @field_validator("topic_numbers", "topic_sketches", "topic_medians", "topic_dead_letters")
     @classmethod

@@ -30,9 +30,11 @@ from pipeline.app.dead_letters import DeadLetterSink
 from pipeline.core.emission import EmissionState, IntervalRule
 from pipeline.core.liveness import ShardLiveness
 from pipeline.core.merge import GlobalEstimator
-from pipeline.core.sketches_contract import SnapshotLimits, Tombstone, accept
-from pipeline.core.wire import DeadLetter, MedianRecord, ShardProgress, SnapshotError
-from pipeline.kafka.sketches_log import SketchesLog, read_sketches_log
+from pipeline.core.sketches_contract import Accepted, SnapshotLimits, Tombstone, accept
+from pipeline.core.source_contract import SourceBook, SourceTombstone
+from pipeline.core.source_wire import SourceProgress, SourceSnapshot
+from pipeline.core.wire import DeadLetter, MedianRecord, ShardProgress, SketchSnapshot, SnapshotError
+from pipeline.kafka.sketches_log import SketchesLog, read_sketches_log, source_policy
 from pipeline.transport import RawBatch
 
 __all__ = ["MEDIAN_KEY", "AggregatorService"]
@@ -75,6 +77,12 @@ class AggregatorService:
         self._urgent = False
         self._send_lock = asyncio.Lock()
         self._liveness = ShardLiveness()
+        self._sources = SourceBook(source_policy(settings))
+        # Records below this offset of ``sketches`` were read by the rebuild: the agent does not
+        # apply them again (a replayed snapshot could undo a later tombstone, and an edge shard's
+        # older sequence number would read as going back), only dead-letters what the rebuild refused.
+        self._rebuilt_to = 0
+        self._refused: dict[int, SnapshotError] = {}
         # The record states theta only when the shards spend it (the budget rule).
         self._theta = settings.error_budget if settings.emission_rule == "budget" else None
         self.last_record: MedianRecord | None = None
@@ -111,6 +119,11 @@ class AggregatorService:
         return self._liveness
 
     @property
+    def sources(self) -> SourceBook:
+        """The edge shards' ledger as this aggregator holds it (read it, do not change it)."""
+        return self._sources
+
+    @property
     def restored(self) -> bool:
         """Whether this worker hosts the aggregator and has rebuilt its state."""
         return self._hosted and self._estimator is not None
@@ -138,28 +151,49 @@ class AggregatorService:
         estimator = await self._ready()
         # Well-formed is not enough: a forged key, shard id, count or sketch must not reach the estimate.
         limits = SnapshotLimits(self.shard_limit(), self._settings.max_value_bytes, self._settings.accept_infinity)
+        policy = self._sources.policy
         for offset, key, value in zip(offsets, keys, values, strict=True):
+            if offset < self._rebuilt_to:
+                refused = self._refused.pop(offset, None)
+                if refused is not None:
+                    letter = DeadLetter(f"snapshot_{refused.reason}", refused.detail, topic, partition, offset, value)
+                    await self._reject(letter, key)
+                continue
             try:
-                message = accept(key, value, limits)
+                message = accept(key, value, limits, policy)
+                if isinstance(message, SourceSnapshot | SourceProgress) and not self._sources.admit(message, _now_ms()):
+                    continue  # an edge shard's state sent again: sequence numbers make it a no-op
             except SnapshotError as exc:
                 letter = DeadLetter(f"snapshot_{exc.reason}", exc.detail, topic, partition, offset, value)
                 await self._reject(letter, key)
                 continue
-            if isinstance(message, Tombstone):
-                # A tombstone retires a shard: its numbers leave the estimate (one of a
-                # progress key only drops a heartbeat, which no record counts apart).
-                if not message.progress:
-                    estimator.forget(message.shard)
-                    self._liveness.forget(message.shard)
+            self._apply(estimator, message)
+
+    def _apply(self, estimator: GlobalEstimator, message: Accepted) -> None:
+        if isinstance(message, Tombstone):
+            # A tombstone retires a shard: its numbers leave the estimate (one of a
+            # progress key only drops a heartbeat, which no record counts apart).
+            if not message.progress:
+                estimator.forget(message.shard)
+                self._liveness.forget(message.shard)
+                self._changed()
+        elif isinstance(message, SourceTombstone):
+            if not message.progress:
+                self._sources.retire(message.source)
+                if estimator.forget_source(message.source):
                     self._changed()
-            elif isinstance(message, ShardProgress):
-                self._liveness.note_progress(message)
-            else:
-                self._liveness.note_snapshot(message)
-                if estimator.offer(message):
-                    self._changed()
-                    # A budget snapshot resets what the shard vouches for: publish it at once.
-                    self._urgent = self._urgent or message.urgent
+        elif isinstance(message, ShardProgress):
+            self._liveness.note_progress(message)
+        elif isinstance(message, SketchSnapshot):
+            self._liveness.note_snapshot(message)
+            if estimator.offer(message):
+                self._changed()
+                # A budget snapshot resets what the shard vouches for: publish it at once.
+                self._urgent = self._urgent or message.urgent
+        elif isinstance(message, SourceSnapshot):
+            estimator.offer_source(message)
+            self._changed()
+            self._urgent = self._urgent or message.urgent
 
     async def _reject(self, letter: DeadLetter, key: bytes | None) -> None:
         logger.warning("rejected snapshot at offset %d: %s: %s", letter.offset, letter.reason, letter.detail)
@@ -206,17 +240,23 @@ class AggregatorService:
             self._liveness.note_snapshot(snapshot)
         for progress in log.progress.values():
             self._liveness.note_progress(progress)
+        for source in log.sources.values():
+            estimator.offer_source(source)
+        self._sources = log.book
+        self._rebuilt_to = log.end_offset
+        self._refused = dict(log.refused)
         self._estimator = estimator
         self.last_rebuild = log
         self._changed()
         logger.info(
-            "aggregator: rebuilt from %d records of %s up to offset %d in %.3f s: %d shards, n=%d "
+            "aggregator: rebuilt from %d records of %s up to offset %d in %.3f s: %d shards, %d sources, n=%d "
             "(%.3f s since assignment)",
             log.records_read,
             self._settings.topic_sketches,
             log.end_offset,
             log.seconds,
             estimator.shard_count,
+            estimator.source_count,
             estimator.n,
             time.monotonic() - self._assigned_at,
         )
@@ -229,12 +269,16 @@ class AggregatorService:
         estimator = await self._ready()
         now_ms = _now_ms()
         due = self._output.changed and (self._urgent or self._throttle.should_emit(self._output, now_ms))
-        if estimator.shard_count == 0 or not due:
+        # An empty estimate is published only once it held something: a retirement empties it.
+        if not due or (estimator.shard_count + estimator.source_count == 0 and self.last_record is None):
             return
         self._urgent = False
-        stale = self._liveness.stale_count(now_ms, 2 * self._settings.heartbeat_ms)
+        age_ms = 2 * self._settings.heartbeat_ms
+        stale = self._liveness.stale_count(now_ms, age_ms)
+        stale_sources = len(self._sources.stale(now_ms, age_ms))
+        pending = self._liveness.pending() + self._sources.pending()
         started = time.perf_counter()
-        record = estimator.record(now_ms, self._theta, self._liveness.pending(), stale)
+        record = estimator.record(now_ms, self._theta, pending, stale, stale_sources)
         self.merge_seconds += time.perf_counter() - started
         self.merges += 1
         # Marked before the send's await, so the timer and the agent never both send

@@ -21,6 +21,7 @@ from pipeline.cli.common import console
 from pipeline.cli.demo_cmd import demo
 from pipeline.cli.produce_cmd import produce
 from pipeline.cli.replay_cmd import replay
+from pipeline.cli.source_cmd import ingest_sketch, source, sources_cli
 from pipeline.cli.topics_cmd import topics_cli
 from pipeline.cli.verify_cmd import verify
 from pipeline.cli.watch_cmd import shards, watch
@@ -67,6 +68,9 @@ def build_cli() -> typer.Typer:
     cli.command()(demo)
     cli.command()(verify)
     cli.command()(replay)
+    cli.command()(source)
+    cli.add_typer(sources_cli, name="sources")
+    cli.command("ingest-sketch")(ingest_sketch)
     return cli
 
 

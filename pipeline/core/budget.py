@@ -77,7 +77,8 @@ class GlobalView:
     n: int
     """The record's ``n``: numbers reflected in the merged sketch."""
     shards: int
-    """The record's ``shards``: shards with a snapshot in the estimate."""
+    """Shards with a snapshot in the estimate: the record's ``shards`` plus its ``sources`` (edge
+    shards share the budget as partition shards do)."""
     theta: float | None
     """The record's error budget (None: the aggregator states none)."""
     ts: int
@@ -92,7 +93,8 @@ class GlobalView:
         if record.n <= 0 or not pairs:
             return None
         return cls(
-            tuple(q for q, _ in pairs), tuple(x for _, x in pairs), record.n, record.shards, record.theta, record.ts
+            tuple(q for q, _ in pairs), tuple(x for _, x in pairs), record.n, record.shards + record.sources,
+            record.theta, record.ts,
         )
 
 

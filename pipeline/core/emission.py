@@ -329,16 +329,19 @@ def build_shard_rule(
     growth: float,
     shards_hint: int,
     quantiles: tuple[float, ...] = (0.5,),
+    idle_ms: int | None = None,
 ) -> ShardEmissionRule:
     """The shard rule named by the ``emission_rule`` setting, from the other settings.
 
     ``interval_ms`` (``emit_interval_ms``) is the interval rule's period, and the
-    other rules' idle flush: what is unsent goes out once the input paused that long.
+    other rules' idle flush (unless ``idle_ms`` is given): what is unsent goes out
+    once the input paused that long.
     """
+    idle = interval_ms if idle_ms is None else idle_ms
     if name == "budget":
-        return BudgetRule(theta, growth, heartbeat_ms, shards_hint, idle_ms=interval_ms, quantiles=quantiles)
+        return BudgetRule(theta, growth, heartbeat_ms, shards_hint, idle_ms=idle, quantiles=quantiles)
     if name == "geometric":
-        return GeometricRule(growth, heartbeat_ms, idle_ms=interval_ms)
+        return GeometricRule(growth, heartbeat_ms, idle_ms=idle)
     if name == "interval":
         return IntervalRule(interval_ms, heartbeat_ms)
     raise ValueError(f"unknown emission rule {name!r} (budget, interval or geometric)")

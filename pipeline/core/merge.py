@@ -22,6 +22,7 @@ import datasketches
 from pipeline.core.merge_tree import MergeTree, MergeTreeOptions
 from pipeline.core.sketch import quantile_band
 from pipeline.core.sketches_contract import newer_than
+from pipeline.core.source_wire import SourceSnapshot
 from pipeline.core.wire import MedianRecord, QuantileEstimate, SketchSnapshot
 
 __all__ = ["GlobalEstimator", "ShardView"]
@@ -54,13 +55,43 @@ class GlobalEstimator:
         self._shards: dict[int, ShardView] = {}
         self._order: list[int] | None = []  # shard ids sorted; None once a shard comes or goes
         self._tree = MergeTree(k, tree)
+        # Edge shards, by name: the tree holds them under their name (str), partition shards under their id (int).
+        self._sources: dict[str, SourceSnapshot] = {}
         self._n = 0  # the running sum of the held snapshots' counts
         self._rejected = 0  # and of their rejected counts: a record costs no pass over every shard
 
     @property
     def shard_count(self) -> int:
-        """Shards with a snapshot."""
+        """Partition shards with a snapshot."""
         return len(self._shards)
+
+    @property
+    def source_count(self) -> int:
+        """Edge shards (sources that sketch their own numbers) with a snapshot."""
+        return len(self._sources)
+
+    def sources(self) -> Iterable[SourceSnapshot]:
+        """The latest snapshot of every edge shard, by name."""
+        return (self._sources[name] for name in sorted(self._sources))
+
+    def offer_source(self, snapshot: SourceSnapshot) -> None:
+        """Hold an edge shard's snapshot, replacing the one held (the
+        :class:`~pipeline.core.source_contract.SourceBook` decided it is newer)."""
+        held = self._sources.get(snapshot.source)
+        self._sources[snapshot.source] = snapshot
+        self._n += snapshot.n - (held.n if held is not None else 0)
+        self._rejected += snapshot.rejected - (held.rejected if held is not None else 0)
+        self._tree.update(snapshot.source, snapshot.sketch_bytes)
+
+    def forget_source(self, name: str) -> bool:
+        """Drop an edge shard (its tombstone); return whether it was held."""
+        held = self._sources.pop(name, None)
+        if held is None:
+            return False
+        self._n -= held.n
+        self._rejected -= held.rejected
+        self._tree.remove(name)
+        return True
 
     @property
     def merge_tree(self) -> MergeTree:
@@ -129,7 +160,9 @@ class GlobalEstimator:
         oldest_ms = now_ms - max_age_ms
         return sorted(shard for shard, view in self._shards.items() if view.snapshot.ts < oldest_ms)
 
-    def record(self, ts: int, theta: float | None = None, pending: int = 0, stale_shards: int = 0) -> MedianRecord:
+    def record(
+        self, ts: int, theta: float | None = None, pending: int = 0, stale_shards: int = 0, stale_sources: int = 0
+    ) -> MedianRecord:
         """The global estimate as a ``medians`` record.
 
         ``theta`` is the shards' emission budget (None when their rule bounds
@@ -153,4 +186,6 @@ class GlobalEstimator:
             theta=theta,
             pending=pending,
             stale_shards=stale_shards,
+            sources=self.source_count,
+            stale_sources=stale_sources,
         )

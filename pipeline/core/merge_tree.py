@@ -57,7 +57,8 @@ class MergeTreeOptions:
 class MergeTree:
     """Shard id -> serialized KLL sketch, with the merge of them all kept up to date lazily.
 
-    Shard ids are any non-negative ints (sparse is fine): each gets a slot, and a
+    Shard ids are any non-negative ints (sparse is fine), or edge shards' names
+    (str): each gets a slot, and a
     removed shard's slot is reused by the next new shard, lowest first, so the
     leaves stay dense. The tree grows a level when the slots outgrow it.
     """
@@ -65,7 +66,7 @@ class MergeTree:
     def __init__(self, k: int, options: MergeTreeOptions | None = None) -> None:
         self._k = k
         self._options = options or MergeTreeOptions()
-        self._slot_of: dict[int, int] = {}
+        self._slot_of: dict[int | str, int] = {}
         self._free_slots: list[int] = []  # a heap
         self._leaves: list[bytes | None] = []
         # _levels[0] sits above the leaves; the last level holds the root once it has one node.
@@ -80,7 +81,7 @@ class MergeTree:
     def __contains__(self, shard: object) -> bool:
         return shard in self._slot_of
 
-    def shards(self) -> Iterator[int]:
+    def shards(self) -> Iterator[int | str]:
         """The shard ids held, in no particular order."""
         return iter(self._slot_of)
 
@@ -94,7 +95,7 @@ class MergeTree:
         """Internal nodes waiting to be re-merged at the next :meth:`merged`."""
         return sum(len(dirty) for dirty in self._dirty)
 
-    def update(self, shard: int, sketch_bytes: bytes) -> None:
+    def update(self, shard: int | str, sketch_bytes: bytes) -> None:
         """Set a shard's sketch (the standard DataSketches KLL serialization).
 
         The bytes are trusted to deserialize (snapshots are validated when decoded);
@@ -112,7 +113,7 @@ class MergeTree:
         self._leaves[slot] = sketch_bytes
         self._mark_path(slot)
 
-    def remove(self, shard: int) -> bool:
+    def remove(self, shard: int | str) -> bool:
         """Drop a shard; return whether it was held."""
         slot = self._slot_of.pop(shard, None)
         if slot is None:

@@ -6,7 +6,10 @@
 * its progress messages (heartbeats) by ``b"17.progress"``, so that compaction never
   replaces a snapshot by a heartbeat;
 * a tombstone (no value) under a snapshot key retires the shard: its numbers leave
-  the estimate. One under a progress key only drops the shard's heartbeat.
+  the estimate. One under a progress key only drops the shard's heartbeat;
+* edge shards (sources that sketch their own numbers) write under ``edge/<name>``
+  and ``edge/<name>.progress``: their keys, names, order and limits belong to
+  :mod:`pipeline.core.source_contract`, which :func:`accept` hands those keys to.
 
 The byte layout and versions of the values belong to :mod:`pipeline.core.wire`;
 this module owns the keys, which of two snapshots of a shard is the newer
@@ -23,12 +26,15 @@ import logging
 from dataclasses import dataclass
 
 from pipeline.core.snapshot_checks import SnapshotLimits, check_progress, check_sketches_message
+from pipeline.core.source_contract import SourcePolicy, SourceTombstone, accept_source, is_source_key
+from pipeline.core.source_wire import SourceProgress, SourceSnapshot
 from pipeline.core.wire import ShardProgress, SketchSnapshot, SnapshotError, parse_sketches_value
 
 __all__ = [
     "PROGRESS_KEY_SUFFIX",
     "Accepted",
     "SnapshotLimits",
+    "SourcePolicy",
     "Tombstone",
     "accept",
     "newer_than",
@@ -55,8 +61,11 @@ class Tombstone:
     """True under a progress key (drops the heartbeat only); False retires the shard."""
 
 
-Accepted = SketchSnapshot | ShardProgress | Tombstone
-"""What :func:`accept` hands back: a snapshot, a heartbeat or a tombstone, all checked."""
+Accepted = SketchSnapshot | ShardProgress | Tombstone | SourceSnapshot | SourceProgress | SourceTombstone
+"""What :func:`accept` hands back: a snapshot, a heartbeat or a tombstone of a partition shard or an
+edge shard, all checked (an edge shard's history is :class:`~pipeline.core.source_contract.SourceBook`'s)."""
+
+_DEFAULT_SOURCES = SourcePolicy()
 
 
 def shard_key(shard: int) -> bytes:
@@ -97,15 +106,21 @@ def newer_than(candidate: SketchSnapshot, held: SketchSnapshot | None) -> bool:
     return held is None or (candidate.last_offset, candidate.n) > (held.last_offset, held.n)
 
 
-def accept(key: bytes | None, value: bytes | None, limits: SnapshotLimits) -> Accepted:
+def accept(
+    key: bytes | None, value: bytes | None, limits: SnapshotLimits, sources: SourcePolicy = _DEFAULT_SOURCES
+) -> Accepted:
     """Read one ``sketches`` record, or raise :class:`~pipeline.core.wire.SnapshotError` naming why not.
 
     The value must parse (wire format, contents checks), its key must be the one
     its shard and kind are written under (``key_mismatch``: a genuine snapshot
     replayed under another shard's key would replace that shard's numbers), and its
     claims must be possible here (shard id, counts, infinities: ``limits``).
-    A tombstone's key must name a shard that exists.
+    A tombstone's key must name a shard that exists. A key in the edge shards'
+    namespace goes to :func:`~pipeline.core.source_contract.accept_source` with ``sources``.
     """
+    if is_source_key(key):
+        assert key is not None
+        return accept_source(key, value, sources)
     if value is None:
         shard, progress = parse_key(key)
         if not 0 <= shard < limits.shards:

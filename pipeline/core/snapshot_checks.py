@@ -45,7 +45,7 @@ import logging
 import math
 import struct
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeAlias
 
 import datasketches
 import numpy as np
@@ -54,7 +54,11 @@ import numpy.typing as npt
 from pipeline.core.envelope import EnvelopeError as SnapshotError
 
 if TYPE_CHECKING:
+    from pipeline.core.source_wire import SourceSnapshot
     from pipeline.core.wire import ShardProgress, SketchSnapshot
+
+    AnySnapshot: TypeAlias = SketchSnapshot | SourceSnapshot
+    """A partition shard's snapshot or an edge shard's: the contents checks read the same fields."""
 
 __all__ = [
     "KllLayout",
@@ -193,7 +197,7 @@ def kll_layout(data: bytes) -> KllLayout:
     return KllLayout(n, k, levels, items, low, high, bool(flags & _FLAG_LEVEL_ZERO_SORTED))
 
 
-def check_snapshot_contents(snapshot: SketchSnapshot, sketch: datasketches.kll_doubles_sketch | None = None) -> None:
+def check_snapshot_contents(snapshot: AnySnapshot, sketch: datasketches.kll_doubles_sketch | None = None) -> None:
     """The checks that need no context: whether the snapshot agrees with itself.
 
     :meth:`SketchSnapshot.from_bytes <pipeline.core.wire.SketchSnapshot.from_bytes>`
@@ -260,7 +264,7 @@ def _check_count(name: str, count: int, last_offset: int, limits: SnapshotLimits
         )
 
 
-def _contents(snapshot: SketchSnapshot, sketch: datasketches.kll_doubles_sketch | None) -> KllLayout:
+def _contents(snapshot: AnySnapshot, sketch: datasketches.kll_doubles_sketch | None) -> KllLayout:
     if snapshot.n > 0 and snapshot.last_offset < 0:
         raise SnapshotError("implausible_count", f"n={snapshot.n} numbers before any record (last_offset -1)")
     if snapshot.rejected < 0:
@@ -304,7 +308,7 @@ def _check_items(layout: KllLayout) -> None:
 
 
 def _check_header_statistics(
-    snapshot: SketchSnapshot, layout: KllLayout, sketch: datasketches.kll_doubles_sketch | None
+    snapshot: AnySnapshot, layout: KllLayout, sketch: datasketches.kll_doubles_sketch | None
 ) -> None:
     if sketch is None:
         try:

@@ -21,7 +21,7 @@ import base64
 import logging
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import datasketches
 import orjson
@@ -29,6 +29,9 @@ import orjson
 from pipeline.core.envelope import Envelope, EnvelopeError, pack_envelope, unpack_envelope
 from pipeline.core.sketch import QuantileBand, ShardState, quantile_band
 from pipeline.core.snapshot_checks import check_snapshot_contents, kll_layout
+
+if TYPE_CHECKING:
+    from pipeline.core.snapshot_checks import AnySnapshot
 
 __all__ = [
     "MEDIAN_RECORD_VERSION",
@@ -123,20 +126,7 @@ class SketchSnapshot:
 
     def to_bytes(self) -> bytes:
         """Serialize to the wire format."""
-        header = {
-            "shard": self.shard,
-            "n": self.n,
-            "min": _json_float(self.min),
-            "max": _json_float(self.max),
-            "median": _band_json(self.median),
-            "rank_error": self.rank_error,
-            "last_offset": self.last_offset,
-            "k": self.k,
-            "ts": self.ts,
-            "rejected": self.rejected,
-        }
-        if self.urgent:
-            header["urgent"] = True
+        header = {"shard": self.shard, "last_offset": self.last_offset, **sketch_header(self)}
         return pack_envelope(SNAPSHOT_MAGIC, SNAPSHOT_VERSION, header, self.sketch_bytes)
 
     @classmethod
@@ -150,20 +140,7 @@ class SketchSnapshot:
         if "progress" in h:
             raise SnapshotError("not_a_snapshot", "a progress message (heartbeat): read it with parse_sketches_value")
         try:
-            snapshot = cls(
-                shard=_int(h["shard"]),
-                n=_int(h["n"]),
-                min=_float(h["min"]),
-                max=_float(h["max"]),
-                median=QuantileBand(*(_float(h["median"][f]) for f in ("value", "lower", "upper"))),
-                rank_error=_float(h["rank_error"]),
-                last_offset=_int(h["last_offset"]),
-                k=_int(h["k"]),
-                ts=_int(h["ts"]),
-                rejected=_int(h["rejected"]),
-                sketch_bytes=envelope.payload,
-                urgent=_bool(h.get("urgent", False)),
-            )
+            snapshot = cls(shard=_int(h["shard"]), last_offset=_int(h["last_offset"]), **sketch_fields(envelope))
         except (KeyError, TypeError, ValueError) as exc:
             raise SnapshotError("bad_header", f"missing or mistyped field: {exc!r}") from None
         snapshot._check_sketch()
@@ -174,22 +151,7 @@ class SketchSnapshot:
             raise SnapshotError(
                 "bad_header", f"negative shard, n or offset in {self.shard}/{self.n}/{self.last_offset}"
             )
-        # The layout first, in Python: the C++ deserializer trusts the stated sizes and
-        # reads past a short buffer (a truncated sketch crashed a test process).
-        kll_layout(self.sketch_bytes)
-        try:
-            sketch = self.sketch()
-        # The bytes are untrusted: whatever the C++ deserializer raises (IndexError
-        # for a truncated buffer, RuntimeError, ValueError, ...) is a bad sketch.
-        except Exception as exc:
-            raise SnapshotError("bad_sketch", f"sketch does not deserialize: {exc}") from None
-        if int(sketch.n) != self.n or int(sketch.k) != self.k:
-            raise SnapshotError(
-                "inconsistent", f"header says n={self.n} k={self.k}, sketch has n={sketch.n} k={sketch.k}"
-            )
-        # A forgery can be well formed: item weights, NaN items and header statistics are checked
-        # here, so that every reader (the aggregator and its rebuild from ``sketches``) refuses it.
-        check_snapshot_contents(self, sketch)
+        check_carried_sketch(self)
 
 
 @dataclass(frozen=True)
@@ -252,6 +214,60 @@ class ShardProgress:
         return progress
 
 
+def sketch_header(snapshot: AnySnapshot) -> dict[str, Any]:
+    """The header fields every snapshot carries, a partition shard's and an edge shard's alike."""
+    header: dict[str, Any] = {
+        "n": snapshot.n,
+        "min": _json_float(snapshot.min),
+        "max": _json_float(snapshot.max),
+        "median": _band_json(snapshot.median),
+        "rank_error": snapshot.rank_error,
+        "k": snapshot.k,
+        "ts": snapshot.ts,
+        "rejected": snapshot.rejected,
+    }
+    if snapshot.urgent:
+        header["urgent"] = True
+    return header
+
+
+def sketch_fields(envelope: Envelope) -> dict[str, Any]:
+    """The fields :func:`sketch_header` wrote, typed (``KeyError``/``TypeError`` for a missing or mistyped one)."""
+    h = envelope.header
+    return {
+        "n": _int(h["n"]),
+        "min": _float(h["min"]),
+        "max": _float(h["max"]),
+        "median": QuantileBand(*(_float(h["median"][f]) for f in ("value", "lower", "upper"))),
+        "rank_error": _float(h["rank_error"]),
+        "k": _int(h["k"]),
+        "ts": _int(h["ts"]),
+        "rejected": _int(h["rejected"]),
+        "sketch_bytes": envelope.payload,
+        "urgent": _bool(h.get("urgent", False)),
+    }
+
+
+def check_carried_sketch(snapshot: AnySnapshot) -> None:
+    """Refuse a snapshot whose sketch does not deserialize, or disagrees with its header or itself."""
+    # The layout first, in Python: the C++ deserializer trusts the stated sizes and
+    # reads past a short buffer (a truncated sketch crashed a test process).
+    kll_layout(snapshot.sketch_bytes)
+    try:
+        sketch = datasketches.kll_doubles_sketch.deserialize(snapshot.sketch_bytes)
+    # The bytes are untrusted: whatever the C++ deserializer raises (IndexError
+    # for a truncated buffer, RuntimeError, ValueError, ...) is a bad sketch.
+    except Exception as exc:
+        raise SnapshotError("bad_sketch", f"sketch does not deserialize: {exc}") from None
+    if int(sketch.n) != snapshot.n or int(sketch.k) != snapshot.k:
+        raise SnapshotError(
+            "inconsistent", f"header says n={snapshot.n} k={snapshot.k}, sketch has n={sketch.n} k={sketch.k}"
+        )
+    # A forgery can be well formed: item weights, NaN items and header statistics are checked
+    # here, so that every reader (the aggregator and its rebuild from ``sketches``) refuses it.
+    check_snapshot_contents(snapshot, sketch)
+
+
 def parse_sketches_value(data: bytes) -> SketchSnapshot | ShardProgress:
     """A value read from ``sketches``: a snapshot or a progress message; :class:`SnapshotError` otherwise."""
     envelope = unpack_envelope(data, SNAPSHOT_MAGIC, SNAPSHOT_VERSION)
@@ -305,6 +321,11 @@ class MedianRecord:
     stale_shards: int = 0
     """Shards not heard from (snapshot or heartbeat) for longer than the aggregator's staleness age
     (twice ``heartbeat_ms`` is the suggested age): their worker is down, or their input paused."""
+    sources: int = 0
+    """Edge shards (sources that sketch their own numbers) with a snapshot in the estimate; ``n``
+    counts their numbers too."""
+    stale_sources: int = 0
+    """Edge shards not heard from for longer than the staleness age (their numbers stay in ``n``)."""
 
     @property
     def rank_bound(self) -> float:
@@ -330,6 +351,8 @@ class MedianRecord:
             "quantiles": quantiles,
             "pending": self.pending,
             "stale_shards": self.stale_shards,
+            "sources": self.sources,
+            "stale_sources": self.stale_sources,
             "rejected": self.rejected,
             "ts": self.ts,
         }
@@ -365,6 +388,8 @@ class MedianRecord:
             None if theta is None else float(theta),
             int(body.get("pending", 0)),
             int(body.get("stale_shards", 0)),
+            int(body.get("sources", 0)),
+            int(body.get("stale_sources", 0)),
         )
 
 

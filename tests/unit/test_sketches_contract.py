@@ -158,10 +158,12 @@ def test_the_rebuild_refuses_what_the_agent_refuses_a_forged_key_included() -> N
     forged = snapshot_of(0, last_offset=500, loc=100.0)
     log = SketchesLog()
     records = [(b"0", genuine.to_bytes()), (b"1", forged.to_bytes()), (b"0.progress", forged.to_bytes())]
-    for key, value in records:
-        _apply(key, value, log, LIMITS)
+    for offset, (key, value) in enumerate(records):
+        _apply(offset, key, value, log, LIMITS)
     assert log.snapshots == {0: genuine}
     assert log.unreadable == 2
+    # The agent dead-letters what the rebuild refused, by offset, with the rebuild's reason.
+    assert {offset: exc.reason for offset, exc in log.refused.items()} == {1: "key_mismatch", 2: "key_mismatch"}
     assert [reason(key, value) for key, value in records] == [None, "key_mismatch", "key_mismatch"]
 
 
@@ -170,12 +172,12 @@ def test_the_rebuild_keeps_the_newest_state_and_honours_tombstones() -> None:
     resent = dataclasses.replace(new, ts=new.ts + 1000)  # the same state, later: its ts is the fresher sign
     log = SketchesLog()
     for key, value in [(b"2", new.to_bytes()), (b"2", old.to_bytes()), (b"2", resent.to_bytes())]:
-        _apply(key, value, log, LIMITS)
+        _apply(0, key, value, log, LIMITS)
     assert log.snapshots == {2: resent}
-    _apply(b"2.progress", ShardProgress(2, new.n, new.n + 3, 25, 1).to_bytes(), log, LIMITS)
+    _apply(3, b"2.progress", ShardProgress(2, new.n, new.n + 3, 25, 1).to_bytes(), log, LIMITS)
     assert set(log.progress) == {2}
-    _apply(b"2.progress", None, log, LIMITS)
+    _apply(4, b"2.progress", None, log, LIMITS)
     assert (set(log.snapshots), set(log.progress)) == ({2}, set())
-    _apply(b"2", None, log, LIMITS)
+    _apply(5, b"2", None, log, LIMITS)
     assert log.snapshots == {}
     assert log.unreadable == 0

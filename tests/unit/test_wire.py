@@ -265,6 +265,8 @@ RECORD = MedianRecord(
     theta=0.005,
     pending=4_321,
     stale_shards=1,
+    sources=3,
+    stale_sources=1,
 )
 
 
@@ -286,6 +288,8 @@ def test_median_record_json_has_exactly_the_documented_keys() -> None:
         },
         "pending": 4_321,
         "stale_shards": 1,
+        "sources": 3,
+        "stale_sources": 1,
         "rejected": 17,
         "ts": 1_700_000_000_123,
     }

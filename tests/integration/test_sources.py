@@ -1,0 +1,142 @@
+"""Edge shards on the real broker: sources that send snapshots beside the partition shards."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.core.source_contract import source_key
+from pipeline.core.source_state import SourceOptions
+from pipeline.core.source_wire import SourceSnapshot
+from pipeline.core.wire import MedianRecord
+from pipeline.kafka.clients import producer
+from pipeline.kafka.follow import wait_for_record
+from pipeline.kafka.generate import MessageFormat
+from pipeline.kafka.produce import produce_values
+from pipeline.kafka.sketches_log import read_sketches_log
+from pipeline.source import SketchingSource
+from tests.foreign_sketches import java_kll_doubles
+from tests.integration.harness import Deployment
+
+pytestmark = pytest.mark.integration
+
+
+def _assert_within_bound(record: MedianRecord, values: np.ndarray) -> None:
+    """Each served quantile's exact rank in ``values`` is within the record's rank bound of q."""
+    ordered = np.sort(values)
+    for estimate in (*record.quantiles,):
+        x = estimate.band.value
+        low = np.searchsorted(ordered, x, side="left") / ordered.size
+        high = np.searchsorted(ordered, x, side="right") / ordered.size
+        bound = record.bound_of(estimate)
+        assert low - bound <= estimate.q <= high + bound, (estimate.q, x, low, high, bound)
+
+
+def test_a_sketching_source_and_partition_shards_feed_one_record(deploy: Callable[..., Deployment]) -> None:
+    deployment = deploy(4)
+    deployment.worker()
+    rng = np.random.default_rng(7)
+    partition_values = rng.normal(0.0, 1.0, 20_000)
+    edge_values = rng.normal(2.0, 1.0, 30_000)
+    deployment.produce(partition_values, MessageFormat.JSON_ARRAY, 500)
+    with SketchingSource("svc-a", deployment.settings) as source:
+        for chunk in np.array_split(edge_values, 30):
+            source.add_many(chunk)
+        source.add(float("nan"))  # refused, and counted
+    assert source.name.startswith("svc-a@")
+    record = deployment.wait_for_n(50_000)
+    assert (record.shards, record.sources) == (4, 1)
+    assert record.rejected == 1
+    _assert_within_bound(record, np.concatenate([partition_values, edge_values]))
+
+
+def test_a_java_serialized_sketch_is_ingested_as_an_edge_shard(deploy: Callable[..., Deployment], tmp_path: Path) -> None:
+    deployment = deploy(2)
+    deployment.worker()
+    values = np.random.default_rng(11).lognormal(0.0, 1.0, 100_000)
+    path = tmp_path / "java.kll"
+    path.write_bytes(java_kll_doubles(values.tolist(), k=200))
+    result = deployment.cli("ingest-sketch", "--source-id", "java-1", str(path))
+    assert result.returncode == 0, result.stderr
+    record = deployment.wait_for_n(100_000)
+    assert (record.shards, record.sources) == (0, 1)
+    _assert_within_bound(record, values)
+
+    # A coarser sketch would widen every record's bound: refused before it leaves, in one line.
+    coarse = tmp_path / "coarse.kll"
+    coarse.write_bytes(java_kll_doubles(values[:1000].tolist(), k=50))
+    result = deployment.cli("ingest-sketch", "--source-id", "java-2", str(coarse))
+    assert result.returncode != 0
+    assert "k_too_small" in result.stderr and "Traceback" not in result.stderr
+    garbage = tmp_path / "garbage.kll"
+    garbage.write_bytes(b"\x05\x01\x0f\x00" + bytes(60))
+    result = deployment.cli("ingest-sketch", "--source-id", "java-3", str(garbage))
+    assert result.returncode != 0 and "not a KLL doubles sketch" in result.stderr, result.stderr
+
+
+def test_hostile_edge_messages_are_dead_lettered_with_their_reasons(deploy: Callable[..., Deployment]) -> None:
+    deployment = deploy(1, source_id_pattern="[a-z]+-[0-9]+")
+    settings = deployment.settings
+    deployment.worker()
+    sketch_of = SourceSnapshot.of_sketch
+
+    def snapshot(name: str, seq: int, count: int, k: int = 200) -> SourceSnapshot:
+        import datasketches
+
+        sketch = datasketches.kll_doubles_sketch(k)
+        sketch.update(np.random.default_rng(seq).normal(0.0, 1.0, count))
+        return sketch_of(name, seq, sketch, ts=1_700_000_000_000 + seq)
+
+    good = snapshot("edge-1", 5, 2_000)
+    records: list[tuple[bytes, bytes | None]] = [
+        (source_key("edge-1"), good.to_bytes()),
+        (source_key("edge-1"), snapshot("edge-1", 3, 2_500).to_bytes()),  # seq_regressed
+        (source_key("edge-1"), snapshot("edge-1", 5, 2_600).to_bytes()),  # seq_reused
+        (source_key("edge-1"), good.to_bytes()),  # the same snapshot again: no-op, not an error
+        (source_key("Edge_1"), snapshot("Edge_1", 1, 100).to_bytes()),  # bad_source_id (pattern)
+        (source_key("edge-2"), snapshot("edge-2", 1, 100, k=100).to_bytes()),  # k_too_small
+        (source_key("edge-3"), good.to_bytes()),  # key_mismatch
+        (source_key("edge-4"), snapshot("edge-4", 1, 2_000).to_bytes()[:-12]),  # bad_sketch (truncated)
+    ]
+    produce_values(producer(settings), settings.topic_sketches, [v for _, v in records],
+                   key=lambda i: records[i - 1][0])  # fmt: skip
+    record = wait_for_record(settings, lambda r: r.n >= good.n, 90)
+    assert record is not None, deployment.worker_logs()
+    assert (record.n, record.sources) == (2_000, 1)
+    letters = deployment.dead_letters()
+    reasons = sorted(letter.reason for letter in letters)
+    assert reasons == sorted(
+        f"snapshot_{r}"
+        for r in ("seq_regressed", "seq_reused", "bad_source_id", "k_too_small", "key_mismatch", "bad_sketch")
+    ), reasons
+    # The rebuild (a takeover) reads the same verdicts.
+    log = read_sketches_log(settings)
+    assert set(log.sources) == {"edge-1"} and log.sources["edge-1"] == good
+
+    # Retired: its numbers leave the estimate.
+    result = deployment.cli("sources", "retire", "edge-1")
+    assert result.returncode == 0, result.stderr
+    after = wait_for_record(settings, lambda r: r.sources == 0, 60)
+    assert after is not None and after.n == 0
+
+
+def test_a_stateful_source_resumes_and_counts_nothing_twice(deploy: Callable[..., Deployment], tmp_path: Path) -> None:
+    deployment = deploy(1)
+    deployment.worker()
+    state = tmp_path / "state"
+    options = SourceOptions(idle_ms=100)
+    first = np.arange(1_000, dtype=np.float64)
+    with SketchingSource("steady", deployment.settings, state_path=state, options=options) as source:
+        source.add_many(first)
+    assert source.name == "steady"
+    deployment.wait_for_n(1_000)
+    # Resumed: the sketch and the sequence number go on; its first snapshot replaces the last one.
+    with SketchingSource("steady", deployment.settings, state_path=state, options=options) as again:
+        assert again.n == 1_000
+        again.add_many(np.arange(500, dtype=np.float64))
+    record = deployment.wait_for_n(1_500)
+    assert record.sources == 1
+    assert [letter.reason for letter in deployment.dead_letters()] == []
