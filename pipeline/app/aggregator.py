@@ -27,13 +27,13 @@ from faust.types.tuples import TP
 
 from config import Settings
 from pipeline.app.dead_letters import DeadLetterSink
+from pipeline.core.aggregation import AggregateState
 from pipeline.core.emission import EmissionState, IntervalRule
 from pipeline.core.liveness import ShardLiveness
 from pipeline.core.merge import GlobalEstimator
-from pipeline.core.sketches_contract import Accepted, SnapshotLimits, Tombstone, accept
-from pipeline.core.source_contract import SourceBook, SourceTombstone
-from pipeline.core.source_wire import SourceProgress, SourceSnapshot
-from pipeline.core.wire import DeadLetter, MedianRecord, ShardProgress, SketchSnapshot, SnapshotError
+from pipeline.core.sketches_contract import SnapshotLimits
+from pipeline.core.source_contract import SourceBook
+from pipeline.core.wire import DeadLetter, MedianRecord, SnapshotError
 from pipeline.kafka.sketches_log import SketchesLog, read_sketches_log, source_policy
 from pipeline.transport import RawBatch
 
@@ -68,7 +68,9 @@ class AggregatorService:
         self._dead_letters = dead_letters
         self._throttle = IntervalRule(settings.publish_interval_ms)
         self._output = EmissionState()
-        self._estimator: GlobalEstimator | None = None
+        # The merge, liveness and ledger; ``_restored`` once rebuilt from ``sketches`` on this assignment.
+        self._state = AggregateState.empty(settings.sketch_k, settings.quantiles, source_policy(settings))
+        self._restored = False
         # The rebuild from ``sketches`` started when this worker took the aggregator over.
         self._rebuild: asyncio.Future[SketchesLog] | None = None
         self._assigned_at = 0.0
@@ -76,8 +78,6 @@ class AggregatorService:
         self._changes = 0
         self._urgent = False
         self._send_lock = asyncio.Lock()
-        self._liveness = ShardLiveness()
-        self._sources = SourceBook(source_policy(settings))
         # Records below this offset of ``sketches`` were read by the rebuild: the agent does not
         # apply them again (a replayed snapshot could undo a later tombstone, and an edge shard's
         # older sequence number would read as going back), only dead-letters what the rebuild refused.
@@ -111,22 +111,22 @@ class AggregatorService:
     @property
     def estimator(self) -> GlobalEstimator | None:
         """The merge state while this worker hosts the aggregator and has rebuilt it (read it, do not change it)."""
-        return self._estimator if self._hosted else None
+        return self._state.estimator if self.restored else None
 
     @property
     def liveness(self) -> ShardLiveness:
         """The shards' progress and silence as this aggregator saw it (read it, do not change it)."""
-        return self._liveness
+        return self._state.liveness
 
     @property
     def sources(self) -> SourceBook:
         """The edge shards' ledger as this aggregator holds it (read it, do not change it)."""
-        return self._sources
+        return self._state.sources
 
     @property
     def restored(self) -> bool:
         """Whether this worker hosts the aggregator and has rebuilt its state."""
-        return self._hosted and self._estimator is not None
+        return self._hosted and self._restored
 
     async def _run(self, stream: StreamT[Any]) -> AsyncIterator[None]:
         async for event in stream.events():
@@ -148,10 +148,9 @@ class AggregatorService:
         keys: Sequence[bytes | None],
         values: Sequence[bytes | None],
     ) -> None:
-        estimator = await self._ready()
+        state = await self._ready()
         # Well-formed is not enough: a forged key, shard id, count or sketch must not reach the estimate.
         limits = SnapshotLimits(self.shard_limit(), self._settings.max_value_bytes, self._settings.accept_infinity)
-        policy = self._sources.policy
         for offset, key, value in zip(offsets, keys, values, strict=True):
             if offset < self._rebuilt_to:
                 refused = self._refused.pop(offset, None)
@@ -160,40 +159,14 @@ class AggregatorService:
                     await self._reject(letter, key)
                 continue
             try:
-                message = accept(key, value, limits, policy)
-                if isinstance(message, SourceSnapshot | SourceProgress) and not self._sources.admit(message, _now_ms()):
-                    continue  # an edge shard's state sent again: sequence numbers make it a no-op
+                taken = state.take(key, value, limits, _now_ms())
             except SnapshotError as exc:
                 letter = DeadLetter(f"snapshot_{exc.reason}", exc.detail, topic, partition, offset, value)
                 await self._reject(letter, key)
                 continue
-            self._apply(estimator, message)
-
-    def _apply(self, estimator: GlobalEstimator, message: Accepted) -> None:
-        if isinstance(message, Tombstone):
-            # A tombstone retires a shard: its numbers leave the estimate (one of a
-            # progress key only drops a heartbeat, which no record counts apart).
-            if not message.progress:
-                estimator.forget(message.shard)
-                self._liveness.forget(message.shard)
+            if taken.changed:
                 self._changed()
-        elif isinstance(message, SourceTombstone):
-            if not message.progress:
-                self._sources.retire(message.source)
-                if estimator.forget_source(message.source):
-                    self._changed()
-        elif isinstance(message, ShardProgress):
-            self._liveness.note_progress(message)
-        elif isinstance(message, SketchSnapshot):
-            self._liveness.note_snapshot(message)
-            if estimator.offer(message):
-                self._changed()
-                # A budget snapshot resets what the shard vouches for: publish it at once.
-                self._urgent = self._urgent or message.urgent
-        elif isinstance(message, SourceSnapshot):
-            estimator.offer_source(message)
-            self._changed()
-            self._urgent = self._urgent or message.urgent
+                self._urgent = self._urgent or taken.urgent
 
     async def _reject(self, letter: DeadLetter, key: bytes | None) -> None:
         logger.warning("rejected snapshot at offset %d: %s: %s", letter.offset, letter.reason, letter.detail)
@@ -203,9 +176,9 @@ class AggregatorService:
         self._changes += 1
         self._output.version = self._changes
 
-    async def _ready(self) -> GlobalEstimator:
-        """The estimator, once rebuilt from ``sketches`` (waits for the rebuild)."""
-        if self._estimator is None:
+    async def _ready(self) -> AggregateState:
+        """The state, once rebuilt from ``sketches`` (waits for the rebuild)."""
+        if not self._restored:
             if self._rebuild is None:
                 self._start_rebuild()
             assert self._rebuild is not None
@@ -219,10 +192,9 @@ class AggregatorService:
                 if rebuild is self._rebuild:
                     self._start_rebuild()
                 return await self._ready()
-            if self._estimator is None and rebuild is self._rebuild:
+            if not self._restored and rebuild is self._rebuild:
                 self._restore(log)
-        assert self._estimator is not None
-        return self._estimator
+        return self._state
 
     def _start_rebuild(self) -> None:
         # A blocking read with a C client, off the event loop: the agent and the timer
@@ -234,18 +206,17 @@ class AggregatorService:
 
     def _restore(self, log: SketchesLog) -> None:
         estimator = GlobalEstimator(self._settings.sketch_k, self._settings.quantiles)
-        self._liveness = ShardLiveness()
+        state = AggregateState(estimator, log.book)  # the ledger as the rebuild's admissions left it
         for snapshot in log.snapshots.values():
             estimator.offer(snapshot)
-            self._liveness.note_snapshot(snapshot)
+            state.liveness.note_snapshot(snapshot)
         for progress in log.progress.values():
-            self._liveness.note_progress(progress)
+            state.liveness.note_progress(progress)
         for source in log.sources.values():
             estimator.offer_source(source)
-        self._sources = log.book
+        self._state, self._restored = state, True
         self._rebuilt_to = log.end_offset
         self._refused = dict(log.refused)
-        self._estimator = estimator
         self.last_rebuild = log
         self._changed()
         logger.info(
@@ -264,21 +235,18 @@ class AggregatorService:
     async def _publish_if_due(self) -> None:
         if not self._hosted or self._app.rebalancing or getattr(self._app, "in_recovery", False):
             return
-        if self._estimator is None and not (self._rebuild is not None and self._rebuild.done()):
+        if not self._restored and not (self._rebuild is not None and self._rebuild.done()):
             return  # still rebuilding: the first record must be complete
-        estimator = await self._ready()
+        state = await self._ready()
+        estimator = state.estimator
         now_ms = _now_ms()
         due = self._output.changed and (self._urgent or self._throttle.should_emit(self._output, now_ms))
         # An empty estimate is published only once it held something: a retirement empties it.
         if not due or (estimator.shard_count + estimator.source_count == 0 and self.last_record is None):
             return
         self._urgent = False
-        age_ms = 2 * self._settings.heartbeat_ms
-        stale = self._liveness.stale_count(now_ms, age_ms)
-        stale_sources = len(self._sources.stale(now_ms, age_ms))
-        pending = self._liveness.pending() + self._sources.pending()
         started = time.perf_counter()
-        record = estimator.record(now_ms, self._theta, pending, stale, stale_sources)
+        record = state.record(now_ms, self._theta, 2 * self._settings.heartbeat_ms)
         self.merge_seconds += time.perf_counter() - started
         self.merges += 1
         # Marked before the send's await, so the timer and the agent never both send
@@ -291,12 +259,12 @@ class AggregatorService:
     async def _on_assigned(self, _sender: AppT, assigned: set[TP], **_kwargs: Any) -> None:
         if any(tp.topic == self._settings.topic_sketches for tp in assigned):
             self._hosted = True
-            self._estimator = None
+            self._restored = False
             self._start_rebuild()
 
     async def _on_revoked(self, _sender: AppT, revoked: set[TP], **_kwargs: Any) -> None:
         if any(tp.topic == self._settings.topic_sketches for tp in revoked):
             self._hosted = False
-            self._estimator = None
+            self._restored = False
             self._rebuild = None
 

@@ -25,6 +25,7 @@ Kafka, no Faust.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import re
@@ -36,6 +37,7 @@ from pipeline.core.wire import SnapshotError
 __all__ = [
     "SOURCE_KEY_PREFIX",
     "SourceBook",
+    "SourceNote",
     "SourcePolicy",
     "SourceTombstone",
     "accept_source",
@@ -174,7 +176,7 @@ def accept_source(
 
 
 @dataclass
-class _Seen:
+class SourceNote:
     """What the book holds of one edge shard."""
 
     seq: int = 0
@@ -197,7 +199,7 @@ class SourceBook:
     def __init__(self, policy: SourcePolicy) -> None:
         self.policy = policy
         """The limits applied."""
-        self._seen: dict[str, _Seen] = {}
+        self._seen: dict[str, SourceNote] = {}
 
     def __len__(self) -> int:
         return len(self._seen)
@@ -252,7 +254,7 @@ class SourceBook:
                 "over_rate",
                 f"more than {policy.messages_per_s:g} messages/s (burst {policy.burst}) from {message.source!r}",
             )
-        seen = self._seen.setdefault(message.source, _Seen())
+        seen = self._seen.setdefault(message.source, SourceNote())
         seen.tokens, seen.ts = tokens - 1.0, max(message.ts, seen.ts)
         seen.heard_ms = max(seen.heard_ms, now_ms if heard_ms is None else heard_ms)
         if isinstance(message, SourceSnapshot):
@@ -261,6 +263,10 @@ class SourceBook:
         else:
             seen.ingested = max(message.ingested, seen.n)
         return True
+
+    def notes(self) -> dict[str, SourceNote]:
+        """A copy of what the book holds of every edge shard, by name."""
+        return {name: dataclasses.replace(seen) for name, seen in self._seen.items()}
 
     def retire(self, name: str) -> bool:
         """Forget an edge shard (its tombstone); return whether it was held."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import datasketches
 import numpy as np
 import pytest
 
@@ -53,7 +54,9 @@ def test_a_sketching_source_and_partition_shards_feed_one_record(deploy: Callabl
     _assert_within_bound(record, np.concatenate([partition_values, edge_values]))
 
 
-def test_a_java_serialized_sketch_is_ingested_as_an_edge_shard(deploy: Callable[..., Deployment], tmp_path: Path) -> None:
+def test_a_java_serialized_sketch_is_ingested_as_an_edge_shard(
+    deploy: Callable[..., Deployment], tmp_path: Path
+) -> None:
     deployment = deploy(2)
     deployment.worker()
     values = np.random.default_rng(11).lognormal(0.0, 1.0, 100_000)
@@ -70,11 +73,13 @@ def test_a_java_serialized_sketch_is_ingested_as_an_edge_shard(deploy: Callable[
     coarse.write_bytes(java_kll_doubles(values[:1000].tolist(), k=50))
     result = deployment.cli("ingest-sketch", "--source-id", "java-2", str(coarse))
     assert result.returncode != 0
-    assert "k_too_small" in result.stderr and "Traceback" not in result.stderr
+    assert "k_too_small" in result.stderr
+    assert "Traceback" not in result.stderr
     garbage = tmp_path / "garbage.kll"
     garbage.write_bytes(b"\x05\x01\x0f\x00" + bytes(60))
     result = deployment.cli("ingest-sketch", "--source-id", "java-3", str(garbage))
-    assert result.returncode != 0 and "not a KLL doubles sketch" in result.stderr, result.stderr
+    assert result.returncode != 0
+    assert "not a KLL doubles sketch" in result.stderr, result.stderr
 
 
 def test_hostile_edge_messages_are_dead_lettered_with_their_reasons(deploy: Callable[..., Deployment]) -> None:
@@ -84,8 +89,6 @@ def test_hostile_edge_messages_are_dead_lettered_with_their_reasons(deploy: Call
     sketch_of = SourceSnapshot.of_sketch
 
     def snapshot(name: str, seq: int, count: int, k: int = 200) -> SourceSnapshot:
-        import datasketches
-
         sketch = datasketches.kll_doubles_sketch(k)
         sketch.update(np.random.default_rng(seq).normal(0.0, 1.0, count))
         return sketch_of(name, seq, sketch, ts=1_700_000_000_000 + seq)
@@ -114,13 +117,15 @@ def test_hostile_edge_messages_are_dead_lettered_with_their_reasons(deploy: Call
     ), reasons
     # The rebuild (a takeover) reads the same verdicts.
     log = read_sketches_log(settings)
-    assert set(log.sources) == {"edge-1"} and log.sources["edge-1"] == good
+    assert set(log.sources) == {"edge-1"}
+    assert log.sources["edge-1"] == good
 
     # Retired: its numbers leave the estimate.
     result = deployment.cli("sources", "retire", "edge-1")
     assert result.returncode == 0, result.stderr
     after = wait_for_record(settings, lambda r: r.sources == 0, 60)
-    assert after is not None and after.n == 0
+    assert after is not None
+    assert after.n == 0
 
 
 def test_a_stateful_source_resumes_and_counts_nothing_twice(deploy: Callable[..., Deployment], tmp_path: Path) -> None:
