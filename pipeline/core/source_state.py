@@ -184,6 +184,8 @@ class SourceState:
         """
         self.drain()
         n = self.n
+        if n == 0 and self.seq == 0:
+            return None  # nothing to say yet: an unused source does not announce itself
         self._emission.observe(n, n, None, now_ms)
         if self._emission.changed and (force or self._rule.should_emit(self._emission, now_ms)):
             if self._resend_n != n:  # not the saved snapshot again: a number never used before
