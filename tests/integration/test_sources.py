@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -10,7 +13,7 @@ import numpy as np
 import pytest
 
 from pipeline.core.source_contract import source_key
-from pipeline.core.source_state import SourceOptions
+from pipeline.core.source_state import SourceOptions, SourceState
 from pipeline.core.source_wire import SourceSnapshot
 from pipeline.core.wire import MedianRecord
 from pipeline.kafka.clients import producer
@@ -19,8 +22,9 @@ from pipeline.kafka.generate import MessageFormat
 from pipeline.kafka.produce import produce_values
 from pipeline.kafka.sketches_log import read_sketches_log
 from pipeline.source import SketchingSource
+from pipeline.source.state_file import SourceStateFile
 from tests.foreign_sketches import java_kll_doubles
-from tests.integration.harness import Deployment
+from tests.integration.harness import REPO, Deployment
 
 pytestmark = pytest.mark.integration
 
@@ -145,3 +149,67 @@ def test_a_stateful_source_resumes_and_counts_nothing_twice(deploy: Callable[...
     record = deployment.wait_for_n(1_500)
     assert record.sources == 1
     assert [letter.reason for letter in deployment.dead_letters()] == []
+
+
+def _numbers_text(values: np.ndarray) -> str:
+    return "".join(f"{x!r}\n" for x in values.tolist())
+
+
+def test_n_is_exact_across_a_worker_kill_and_a_source_kill_with_a_state_file(
+    deploy: Callable[..., Deployment], tmp_path: Path
+) -> None:
+    """A mixed deployment: partition shards and one edge shard (`dmedian source --state`) feed one record.
+
+    The source is killed with SIGKILL after its numbers were partly saved, and the worker too; both restart.
+    The persisted point is what the killed source's state file holds, read once the process is dead.
+    """
+    deployment = deploy(4)
+    first_worker = deployment.worker()
+    rng = np.random.default_rng(5)
+    partition_values = [rng.normal(0.0, 1.0, 40_000), rng.normal(0.0, 1.0, 20_000)]
+    edge_values = rng.normal(3.0, 1.0, 22_000)
+    deployment.produce(partition_values[0], MessageFormat.JSON_ARRAY, 500)
+    state = tmp_path / "edge-state"
+    command = [sys.executable, "-m", "pipeline", "source", "--id", "edge-1", "--state", str(state)]
+    log = (tmp_path / "source.log").open("w")
+    source = subprocess.Popen(command, stdin=subprocess.PIPE, stderr=log, env=deployment.env, cwd=REPO,
+                              text=True)  # fmt: skip
+    try:
+        assert source.stdin is not None
+        source.stdin.write(_numbers_text(edge_values[:10_000]))
+        source.stdin.flush()
+        # Its input paused: the source sends what it holds (saved first), and the record counts it.
+        deployment.wait_for_n(50_000, timeout_s=90)
+        source.stdin.write(_numbers_text(edge_values[10_000:15_000]))
+        source.stdin.flush()
+        time.sleep(0.5)
+    finally:
+        source.kill()  # SIGKILL: no flush, no last snapshot
+        source.wait(10)
+        assert source.stdin is not None
+        source.stdin.close()
+        log.close()
+    first_worker.kill()
+    deployment.produce(partition_values[1], MessageFormat.FLOAT64, 1_000)
+    deployment.worker()
+
+    saved_file = SourceStateFile(state)
+    saved = saved_file.load()
+    saved_file.close()
+    assert saved is not None
+    persisted = SourceState.from_bytes(saved, SourceOptions()).n
+    assert 10_000 <= persisted <= 15_000  # the last save: at the snapshot, or a periodic one after it
+
+    # Restarted with its state file: it resumes the sketch; 7,000 more numbers, then end of input.
+    restarted = subprocess.run(command, input=_numbers_text(edge_values[15_000:]), env=deployment.env, cwd=REPO,
+                               capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
+    assert restarted.returncode == 0, restarted.stderr
+    assert f"n={persisted} resumed" in restarted.stderr
+
+    expected = 60_000 + persisted + 7_000
+    record = deployment.wait_for_n(expected)
+    assert (record.shards, record.sources) == (4, 1)
+    counted = np.concatenate([*partition_values, edge_values[:persisted], edge_values[15_000:]])
+    assert counted.size == expected
+    _assert_within_bound(record, counted)
+    assert deployment.dead_letters() == []
