@@ -24,7 +24,7 @@ import orjson
 from faust.web import Request, Response, View
 
 from pipeline.app.metrics import CONTENT_TYPE, WorkerMetrics
-from pipeline.app.shard_rows import gather_rows, with_local_medians
+from pipeline.app.shard_rows import gather_rows, gather_sources, with_local_medians
 from pipeline.core.api_answers import (
     ApiError,
     WorkerCondition,
@@ -39,6 +39,7 @@ from pipeline.core.api_answers import (
 )
 from pipeline.core.api_schema import openapi_document
 from pipeline.core.shard_listing import SHARD_PARAMETERS, parse_shard_query, select_page, shards_answer
+from pipeline.core.source_listing import sources_answer
 from pipeline.core.wire import MedianRecord
 
 if TYPE_CHECKING:
@@ -103,16 +104,19 @@ class ApiHandlers:
     def _from_sketch(self, qs: tuple[float, ...], record: MedianRecord | None) -> _Answer:
         aggregator = self._pipeline.aggregator
         estimator = aggregator.estimator
-        if estimator is not None and estimator.shard_count:
+        # Partition shards, edge shards, or both: either kind is in the merged sketch.
+        if estimator is not None and estimator.shard_count + estimator.source_count:
             now_ms = _now_ms()
-            stale = aggregator.liveness.stale(now_ms, 2 * self._pipeline.settings.heartbeat_ms)
+            stale_after_ms = 2 * self._pipeline.settings.heartbeat_ms
             answer = quantiles_from_sketch(
                 estimator.merged_sketch(),
                 qs,
                 n=estimator.n,
                 shards=estimator.shard_count,
-                pending=aggregator.liveness.pending(),
-                stale_shards=len(stale),
+                sources=estimator.source_count,
+                pending=aggregator.liveness.pending() + aggregator.sources.pending(),
+                stale_shards=len(aggregator.liveness.stale(now_ms, stale_after_ms)),
+                stale_sources=len(aggregator.sources.stale(now_ms, stale_after_ms)),
                 now_ms=now_ms,
             )
             return 200, answer
@@ -145,14 +149,25 @@ class ApiHandlers:
         return None
 
     def shards(self, params: dict[str, list[str]]) -> _Answer:
-        """``GET /shards?limit=&offset=&stale=&sort=&order=``: a summary of every shard and one page."""
+        """``GET /shards?limit=&offset=&stale=&sort=&order=``: a summary of every shard and one page.
+
+        With the edge shards on the aggregator's worker: their summary and the first
+        ``limit`` of them, stale first (the shards' filter, sort and offset do not apply).
+        """
         query = parse_shard_query(params)
         now_ms = _now_ms()
         rows, complete = gather_rows(self._pipeline, now_ms)
         page = select_page(rows, query)
         page = replace(page, rows=with_local_medians(self._pipeline, page.rows))
         stale_after_ms = 2 * self._pipeline.settings.heartbeat_ms
-        body = shards_answer(rows, page, query, now_ms=now_ms, complete=complete, stale_after_ms=stale_after_ms)
+        gathered = gather_sources(self._pipeline, now_ms)
+        sources = None
+        if gathered is not None:
+            source_list, source_pending = gathered
+            sources = sources_answer(source_list, query.limit, now_ms=now_ms, pending=source_pending)
+        body = shards_answer(
+            rows, page, query, now_ms=now_ms, complete=complete, stale_after_ms=stale_after_ms, sources=sources
+        )
         return 200, body
 
     def health(self) -> _Answer:

@@ -1,5 +1,8 @@
 """What one worker knows of each shard, gathered once for ``/shards``, ``/metrics`` and the dashboard.
 
+The edge shards (sources that send their own sketches) are known on the
+aggregator's worker only: :func:`gather_sources`.
+
 The aggregator's worker knows every shard with a snapshot (the aggregator holds
 the latest of each, and its liveness notes say which are silent); every worker
 knows the shards it owns (their state, what it sent, its consumer's lag). The
@@ -15,13 +18,14 @@ from typing import TYPE_CHECKING, Any
 
 from pipeline.core.shard_listing import ShardRow
 from pipeline.core.sketch import QuantileBand, quantile_band
+from pipeline.core.source_listing import SourceRow, source_rows
 
 if TYPE_CHECKING:
     from faust.types import AppT
 
     from pipeline.app.factory import Pipeline
 
-__all__ = ["consumer_lag", "gather_rows", "with_local_medians"]
+__all__ = ["consumer_lag", "gather_rows", "gather_sources", "with_local_medians"]
 
 logger = logging.getLogger(__name__)
 
@@ -97,6 +101,21 @@ def gather_rows(
         )
     # In no set order: the callers pick a few (a heap), which needs no sort of all of them.
     return list(rows.values()), estimator is not None
+
+
+def gather_sources(pipeline: Pipeline, now_ms: int) -> tuple[list[SourceRow], int] | None:
+    """One row per edge shard and the numbers they have pending, on the aggregator's worker (else None).
+
+    Stale after the shards' staleness age (two heartbeats), counted from when the
+    aggregator last heard from each (its ledger's clock, not the source's).
+    """
+    aggregator = pipeline.aggregator
+    estimator = aggregator.estimator
+    if estimator is None:
+        return None
+    book = aggregator.sources
+    rows = source_rows(estimator.sources(), book, now_ms, 2 * pipeline.settings.heartbeat_ms)
+    return rows, book.pending()
 
 
 def with_local_medians(pipeline: Pipeline, rows: list[ShardRow]) -> list[ShardRow]:

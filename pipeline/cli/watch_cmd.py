@@ -18,7 +18,7 @@ from pipeline.core.wire import MedianRecord, quantile_key
 from pipeline.errors import EmptyTopicError
 from pipeline.kafka.clients import require_topics
 from pipeline.kafka.follow import follow_medians
-from pipeline.kafka.sketches_log import read_sketches_log
+from pipeline.kafka.sketches_log import SketchesLog, read_sketches_log
 
 __all__ = ["record_table", "shards", "watch"]
 
@@ -91,18 +91,35 @@ WORST_SHARDS = 10
 """Shards ``dmedian shards`` lists without ``--all``: the stale ones first, then the oldest snapshots."""
 
 
+def _edge_line(log: SketchesLog, now_ms: int, stale_after_ms: int) -> str:
+    # Stale as the aggregator counts it: its ledger, read from the topic, says when each was last heard from.
+    count, stale = len(log.sources), len(log.book.stale(now_ms, stale_after_ms))
+    numbers = sum(snapshot.n for snapshot in log.sources.values())
+    return (
+        f"{count:,} edge shard{'s' if count != 1 else ''} (sources sending their own sketches), {stale:,} stale "
+        f"(silent > {stale_after_ms / 1000:.0f} s), n = {numbers:,}: dmedian sources list shows each"
+    )
+
+
 def shards(
     json_lines: bool = typer.Option(False, "--json", help="One JSON line per shard, every shard."),
     show_all: bool = typer.Option(False, "--all", help="List every shard, not the summary and the worst 10."),
 ) -> None:
-    """A summary of the shards from the sketches topic (counts, stale, distributions, the worst 10); --all: each."""
+    """A summary of the shards from the sketches topic (counts, stale, distributions, the worst 10); --all: each.
+
+    A line says how many edge shards (sources sending their own sketches) it holds too.
+    """
     settings = settings_or_exit()
     require_topics(settings, "sketches")
     log = read_sketches_log(settings, timeout_s=30.0)
     latest = log.snapshots
-    if not latest:
+    if not latest and not log.sources:
         raise EmptyTopicError(f"no snapshots on {settings.topic_sketches!r} yet: is a worker running, with input?")
     now = time.time() * 1000
+    if not json_lines and log.sources:
+        out.print(_edge_line(log, int(now), 2 * settings.heartbeat_ms), soft_wrap=True)
+    if not latest:
+        return  # edge shards only
     if json_lines:
         for shard in sorted(latest):
             s = latest[shard]

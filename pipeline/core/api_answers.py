@@ -134,12 +134,14 @@ def _iso(ms: int) -> str:
 
 
 def _estimate_meta(
-    source: str, n: int, shards: int, ts: int, now_ms: int, rank_error: float, theta: float | None, covers: str
-) -> dict[str, Any]:
+    source: str, n: int, shards: int, sources: int, ts: int, now_ms: int, rank_error: float, theta: float | None,
+    covers: str,
+) -> dict[str, Any]:  # fmt: skip
     return {
         "source": source,
         "n": n,
         "shards": shards,
+        "sources": sources,
         "ts": ts,
         "time": _iso(ts),
         "age_s": max(now_ms - ts, 0) / 1000,
@@ -151,8 +153,11 @@ def _estimate_meta(
 
 def _record_meta(record: MedianRecord, now_ms: int) -> dict[str, Any]:
     covers = "ingested" if record.theta is not None else "reflected"
-    meta = _estimate_meta("record", record.n, record.shards, record.ts, now_ms, record.rank_error, record.theta, covers)
-    return meta | {"pending": record.pending, "stale_shards": record.stale_shards, "rejected": record.rejected}
+    meta = _estimate_meta(
+        "record", record.n, record.shards, record.sources, record.ts, now_ms, record.rank_error, record.theta, covers
+    )
+    stale = {"stale_shards": record.stale_shards, "stale_sources": record.stale_sources}
+    return meta | {"pending": record.pending, **stale, "rejected": record.rejected}
 
 
 def median_answer(record: MedianRecord, now_ms: int) -> dict[str, Any]:
@@ -187,15 +192,22 @@ def quantiles_from_sketch(
     *,
     n: int,
     shards: int,
+    sources: int,
     pending: int,
     stale_shards: int,
+    stale_sources: int,
     now_ms: int,
 ) -> dict[str, Any]:
-    """``GET /quantiles`` from the merged sketch, now: bound = its rank error over the ``n`` it reflects."""
+    """``GET /quantiles`` from the merged sketch, now: bound = its rank error over the ``n`` it reflects.
+
+    ``shards`` and ``sources`` count the partition and the edge shards in it;
+    ``pending`` is both kinds' numbers ingested and not in a snapshot yet.
+    """
     error = float(sketch.normalized_rank_error(False))
     rows = [{"q": q, **band_body(quantile_band(sketch, q, error)), "rank_bound": error} for q in qs]
-    meta = _estimate_meta("merged_sketch", n, shards, now_ms, now_ms, error, None, "reflected")
-    return meta | {"pending": pending, "stale_shards": stale_shards, "quantiles": rows}
+    meta = _estimate_meta("merged_sketch", n, shards, sources, now_ms, now_ms, error, None, "reflected")
+    stale = {"stale_shards": stale_shards, "stale_sources": stale_sources}
+    return meta | {"pending": pending, **stale, "quantiles": rows}
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,10 @@ def _nullable(kind: str, **extra: Any) -> dict[str, Any]:
     return {"type": kind, "nullable": True, **extra}
 
 
+def _count(description: str) -> dict[str, Any]:
+    return {"type": "integer", "minimum": 0, "description": description}
+
+
 def _ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{name}"}
 
@@ -62,7 +66,8 @@ def _estimate_meta() -> dict[str, Any]:
             "description": "record: the latest medians record; merged_sketch: the aggregator's merged sketch, now.",
         },
         "n": {"type": "integer", "minimum": 0, "description": "Numbers the estimate reflects (exact)."},
-        "shards": {"type": "integer", "minimum": 0, "description": "Shards in the estimate."},
+        "shards": {"type": "integer", "minimum": 0, "description": "Partition shards in the estimate."},
+        "sources": _count("Edge shards in the estimate (sources that send snapshots of their own sketch)."),
         "ts": {"type": "integer", "description": "Time of the estimate, epoch milliseconds."},
         "time": {"type": "string", "format": "date-time", "description": "The same time, ISO 8601 UTC."},
         "age_s": {"type": "number", "minimum": 0, "description": "Seconds since the estimate was made."},
@@ -75,15 +80,70 @@ def _estimate_meta() -> dict[str, Any]:
         },
         "pending": {"type": "integer", "minimum": 0, "description": "Numbers ingested that n does not reflect yet."},
         "stale_shards": {"type": "integer", "minimum": 0, "description": "Shards silent for over 2 heartbeats."},
+        "stale_sources": _count("Edge shards silent for over 2 heartbeats (they stay in the estimate)."),
     }
 
 
-_META_REQUIRED = ("source", "n", "shards", "ts", "time", "age_s", "rank_error", "theta", "bound_covers", "pending")
+_META_REQUIRED = (
+    "source", "n", "shards", "sources", "ts", "time", "age_s", "rank_error", "theta", "bound_covers", "pending",
+    "stale_shards", "stale_sources",
+)  # fmt: skip
 
 
 _SHARDS_ANSWER_FIELDS = (
-    "complete", "ts", "stale_after_s", "summary", "total", "limit", "offset", "next_offset", "sort", "order", "shards"
+    "complete", "ts", "stale_after_s", "summary", "total", "limit", "offset", "next_offset", "sort", "order", "shards",
+    "sources",
 )  # fmt: skip
+_SOURCE_ROW_FIELDS = ("name", "n", "seq", "median", "last_snapshot_age_s", "heard_age_s", "status", "rejected", "k")
+
+
+def _sources_schema() -> dict[str, Any]:
+    return {
+        "type": "object",
+        "description": (
+            "The edge shards (sources that send their own sketches to the sketches topic): known on the "
+            "aggregator's worker only (complete = true); elsewhere complete = false, summary null, no rows."
+        ),
+        "required": ["complete", "summary", "rows"],
+        "properties": {
+            "complete": {"type": "boolean", "description": "true on the aggregator's worker."},
+            "summary": {
+                "type": "object",
+                "nullable": True,
+                "required": ["count", "stale", "n_total", "pending"],
+                "properties": {
+                    "count": _count("Edge shards with a snapshot."),
+                    "stale": _count("Not heard from for over stale_after_s."),
+                    "n_total": _count("Numbers in their snapshots."),
+                    "pending": _count("Numbers they said they added that their snapshots do not reflect yet."),
+                },
+            },
+            "rows": {
+                "type": "array",
+                "maxItems": MAX_LIMIT,
+                "description": "The first limit edge shards: stale first, then the longest unheard, then by name.",
+                "items": {
+                    "type": "object",
+                    "required": [*_SOURCE_ROW_FIELDS],
+                    "properties": {
+                        "name": {"type": "string", "description": "Source id, and @run token without a state file."},
+                        "n": _nullable("integer", minimum=0, description="Numbers in its latest snapshot."),
+                        "seq": _count("That snapshot's sequence number."),
+                        "median": {**_band(), "nullable": True},
+                        "last_snapshot_age_s": _nullable(
+                            "number", minimum=0, description="Seconds since the snapshot was sent (source's clock)."
+                        ),
+                        "heard_age_s": _nullable(
+                            "number", minimum=0, description="Seconds since the aggregator last heard from it."
+                        ),
+                        "status": {"type": "string", "enum": ["live", "stale"]},
+                        "rejected": _nullable("integer", minimum=0),
+                        "k": _nullable("integer", minimum=1, description="Its sketch's KLL k."),
+                    },
+                },
+            },
+        },
+    }
 _SHARD_ROW_FIELDS = (
     "shard", "owned_here", "n", "median", "last_snapshot_age_s", "status", "lag", "last_offset", "rejected"
 )  # fmt: skip
@@ -190,8 +250,10 @@ def _schemas() -> dict[str, Any]:
                         },
                     },
                 },
+                "sources": _ref("SourcesListing"),
             },
         },
+        "SourcesListing": _sources_schema(),
         "Health": {
             "type": "object",
             "required": ["ready", "reason", "aggregator_hosted", "aggregator_restored", "shards_owned", "has_estimate"],
@@ -234,7 +296,7 @@ def _shards_parameters() -> list[dict[str, Any]]:
         return {"name": name, "in": "query", "required": False, "description": description, "schema": schema}
 
     return [
-        query("limit", f"Rows in the page (default {DEFAULT_LIMIT}; 0: the summary only).",
+        query("limit", f"Rows in the page, and edge shards listed (default {DEFAULT_LIMIT}; 0: the summaries only).",
               {"type": "integer", "minimum": 0, "maximum": MAX_LIMIT}),
         query("offset", "Rows to skip: the previous page's next_offset.", {"type": "integer", "minimum": 0}),
         query("stale", "true: stale shards only; false: the others only.", {"type": "boolean"}),
@@ -281,7 +343,9 @@ def openapi_document() -> dict[str, Any]:
         "/shards": _get(
             "Per-shard state: a summary and one page",
             "Every shard on the aggregator's worker (complete = true), else the shards this worker owns: "
-            "a summary of all of them, and one filtered, sorted page of rows.",
+            "a summary of all of them, and one filtered, sorted page of rows. On the aggregator's worker, "
+            "sources lists the edge shards too: a summary and the first limit of them, stale first "
+            "(the filter, sort and offset apply to the partition shards only).",
             {
                 "200": _json("ShardsAnswer", "The summary and the page"),
                 "400": _error("A bad parameter (the message names it and its value)"),

@@ -22,6 +22,7 @@ import numpy as np
 
 from pipeline.core.api_answers import ApiError, band_body
 from pipeline.core.sketch import QuantileBand
+from pipeline.core.source_listing import sources_unknown
 
 __all__ = [
     "DEFAULT_LIMIT",
@@ -280,8 +281,13 @@ def shards_answer(
     now_ms: int,
     complete: bool,
     stale_after_ms: int,
+    sources: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """``GET /shards``: the summary of every row, and the page's rows."""
+    """``GET /shards``: the summary of every row, the page's rows, and the edge shards.
+
+    ``sources``: :func:`~pipeline.core.source_listing.sources_answer` on the
+    aggregator's worker; None elsewhere (the answer then says it does not know them).
+    """
     return {
         "complete": complete,
         "ts": now_ms,
@@ -294,4 +300,5 @@ def shards_answer(
         "sort": query.sort,
         "order": query.order,
         "shards": [row_body(row, now_ms) for row in page.rows],
+        "sources": sources_unknown() if sources is None else sources,
     }

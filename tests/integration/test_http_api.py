@@ -1,7 +1,9 @@
 """The worker's HTTP API on a real broker: answers against the produced data, bad parameters, schemathesis.
 
 One deployment for the module (a worker start costs seconds): the tests read it, and
-the second worker joins last.
+the second worker joins last. Beside the partition shards, one edge shard (a source
+that sends its own sketch) stays open for the whole module, so every answer, the
+fuzzed ones included, carries edge shards.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from schemathesis.checks import (
 from pipeline.core.api_schema import openapi_document
 from pipeline.core.exact import check_rank
 from pipeline.kafka.generate import Distribution, MessageFormat, generate
+from pipeline.source import SketchingSource
 from tests.broker_fixture import BrokerHandle
 from tests.integration.harness import Deployment, WorkerProcess
 
@@ -39,6 +42,10 @@ pytestmark = pytest.mark.integration
 
 PARTITIONS = 4
 COUNT = 60_000
+"""Numbers on the input topic (the partition shards')."""
+EDGE_COUNT = 15_000
+"""Numbers of the edge shard."""
+TOTAL = COUNT + EDGE_COUNT
 
 
 @dataclass
@@ -46,6 +53,8 @@ class Running:
     deployment: Deployment
     worker: WorkerProcess
     values: npt.NDArray[np.float64]
+    """Every number: the partition shards' and the edge shard's."""
+    source: SketchingSource
 
     @property
     def base(self) -> str:
@@ -78,15 +87,23 @@ def _wait(what: str, probe: Callable[[], bool], timeout_s: float, logs: Callable
 @pytest.fixture(scope="module")
 def running(kafka: BrokerHandle, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     deployment = Deployment(kafka.bootstrap, Path(tmp_path_factory.mktemp("http-api")), PARTITIONS)
+    source: SketchingSource | None = None
     try:
         worker = deployment.worker("host")
         values = generate(Distribution.LOGNORMAL, COUNT, seed=11)
         deployment.produce(values, MessageFormat.FLOAT64, 500)
-        deployment.wait_for_n(COUNT, timeout_s=180)
-        running = Running(deployment, worker, values)
+        # Open for the module: its heartbeats keep it live.
+        source = SketchingSource("http-edge", deployment.settings)
+        edge_values = generate(Distribution.NORMAL, EDGE_COUNT, seed=12)
+        source.add_many(edge_values)
+        source.flush()
+        deployment.wait_for_n(TOTAL, timeout_s=180)
+        running = Running(deployment, worker, np.concatenate([values, edge_values]), source)
         _wait("ready", lambda: _get(f"{running.base}/health")[0] == 200, 60, deployment.worker_logs)
         yield running
     finally:
+        if source is not None:
+            source.close()
         deployment.close()
 
 
@@ -102,7 +119,8 @@ def test_median_quantiles_shards_and_health_agree_with_the_data(running: Running
 
     status, _, median = _get(f"{base}/median")
     assert status == 200, median
-    assert (median["source"], median["n"], median["shards"]) == ("record", COUNT, PARTITIONS)
+    assert (median["source"], median["n"], median["shards"]) == ("record", TOTAL, PARTITIONS)
+    assert (median["sources"], median["stale_sources"], median["stale_shards"]) == (1, 0, 0), median
     assert median["rank_bound"] == pytest.approx(median["rank_error"] + median["theta"])
     assert median["bound_covers"] == "ingested"
     assert 0 <= median["age_s"] < 600
@@ -112,7 +130,7 @@ def test_median_quantiles_shards_and_health_agree_with_the_data(running: Running
     status, _, carried = _get(f"{base}/quantiles?q=0.5,0.9,0.99")
     assert status == 200, carried
     assert carried["source"] == "record"
-    assert carried["n"] == COUNT
+    assert (carried["n"], carried["sources"]) == (TOTAL, 1)
     assert [row["q"] for row in carried["quantiles"]] == [0.5, 0.9, 0.99]
     for row in carried["quantiles"]:
         _inside(values, row["q"], row)
@@ -120,7 +138,8 @@ def test_median_quantiles_shards_and_health_agree_with_the_data(running: Running
     # Quantiles no record carries: from the merged sketch, on the aggregator's worker.
     status, _, other = _get(f"{base}/quantiles?q=0.37&q=0.01,1")
     assert status == 200, other
-    assert (other["source"], other["bound_covers"], other["n"]) == ("merged_sketch", "reflected", COUNT)
+    assert (other["source"], other["bound_covers"], other["n"]) == ("merged_sketch", "reflected", TOTAL)
+    assert (other["shards"], other["sources"], other["stale_shards"], other["stale_sources"]) == (PARTITIONS, 1, 0, 0)
     assert [row["q"] for row in other["quantiles"]] == [0.37, 0.01, 1.0]
     for row in other["quantiles"]:
         assert row["rank_bound"] == other["rank_error"]
@@ -138,6 +157,17 @@ def test_median_quantiles_shards_and_health_agree_with_the_data(running: Running
         assert shard["snapshot_bytes_sent"] > 1000, shard
         assert 0 <= shard["last_snapshot_age_s"] < 600
         assert shard["median"]["lower"] <= shard["median"]["value"] <= shard["median"]["upper"]
+    # The edge shard: beside the partition shards, not among them.
+    edge = shards["sources"]
+    assert edge["complete"] is True, edge
+    assert edge["summary"] == {"count": 1, "stale": 0, "n_total": EDGE_COUNT, "pending": 0}, edge
+    [row] = edge["rows"]
+    assert (row["name"], row["n"], row["seq"], row["status"]) == (running.source.name, EDGE_COUNT, running.source.seq,
+                                                                  "live"), row  # fmt: skip
+    assert (row["k"], row["rejected"]) == (running.deployment.settings.sketch_k, 0), row
+    assert 0 <= row["heard_age_s"] <= row["last_snapshot_age_s"] + 1 < 600, row
+    _inside(running.values[COUNT:], 0.5, row["median"] | {"rank_bound": 0.02})
+    assert _get(f"{base}/shards?limit=0")[2]["sources"]["rows"] == []
 
     status, _, health = _get(f"{base}/health")
     assert status == 200
@@ -236,7 +266,7 @@ def test_a_worker_without_the_aggregator_answers_from_the_record_and_names_the_h
     _wait("host ready again", lambda: _get(f"{host}/health")[0] == 200, 60, deployment.worker_logs)
 
     status, _, median = _get(f"{guest}/median")
-    assert (status, median["source"], median["n"]) == (200, "record", COUNT), median
+    assert (status, median["source"], median["n"], median["sources"]) == (200, "record", TOTAL, 1), median
     _inside(running.values, 0.5, median["median"] | {"rank_bound": median["rank_bound"]})
 
     status, _, refused = _get(f"{guest}/quantiles?q=0.37")
@@ -248,6 +278,8 @@ def test_a_worker_without_the_aggregator_answers_from_the_record_and_names_the_h
     status, _, shards = _get(f"{guest}/shards")
     assert status == 200
     assert shards["complete"] is False
+    # Only the aggregator's worker knows each edge shard.
+    assert shards["sources"] == {"complete": False, "summary": None, "rows": []}, shards
     _, _, guest_health = _get(f"{guest}/health")
     assert {s["shard"] for s in shards["shards"]} == set(guest_health["shards_owned"]), (shards, guest_health)
     summary = shards["summary"]

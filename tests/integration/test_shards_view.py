@@ -1,7 +1,8 @@
 """``/shards`` paging, filtering, sorting and summary, and ``dmedian shards``, against a real worker.
 
 Shard p gets (p + 1) * 500 numbers, so every order by count, and the summary's
-distribution, are known exactly.
+distribution, are known exactly. Edge shards (sources that send their own sketches)
+are listed beside them, on the aggregator's worker.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import orjson
 import pytest
 
 from pipeline.kafka.generate import Distribution, MessageFormat, generate
+from pipeline.source import SketchingSource
 from tests.integration.harness import Deployment
 
 pytestmark = pytest.mark.integration
@@ -143,3 +145,52 @@ def _cli_summarises_and_lists_every_shard_with_all(deployment: Deployment, total
     assert [row["shard"] for row in rows] == list(range(PARTITIONS))
     assert [row["n"] for row in rows] == [(p + 1) * BATCH for p in range(PARTITIONS)]
     assert sum(row["n"] for row in rows) == total
+
+
+def test_edge_shards_alone_in_shards_median_quantiles_and_the_cli(deploy: Callable[..., Deployment]) -> None:
+    # Heartbeats every 2 s: a source that stops is stale 4 s later.
+    deployment = deploy(2, heartbeat_ms="2000")
+    settings = deployment.settings
+    worker = deployment.worker()
+    base = f"http://127.0.0.1:{worker.web_port}"
+    busy_values = generate(Distribution.UNIFORM, 4000, seed=5)
+    quiet_values = generate(Distribution.UNIFORM, 1000, seed=6)
+    with SketchingSource("quiet", settings) as quiet:
+        quiet.add_many(quiet_values)
+    # Closed: it sends nothing more, and goes stale; "busy" stays open, heartbeating.
+    with SketchingSource("busy", settings) as busy:
+        busy.add_many(busy_values)
+        busy.flush()
+        total = busy_values.size + quiet_values.size
+        deployment.wait_for_n(total)
+
+        status, median = _get(f"{base}/median")
+        assert status == 200, median
+        assert (median["source"], median["n"], median["shards"], median["sources"]) == ("record", total, 0, 2), median
+        # A q no record carries: from the merged sketch, though no partition shard has a number.
+        status, other = _get(f"{base}/quantiles?q=0.37")
+        assert status == 200, other
+        assert (other["source"], other["n"], other["shards"], other["sources"]) == ("merged_sketch", total, 0, 2)
+
+        deadline = time.monotonic() + 30
+        while (body := _shards(base))["sources"]["summary"]["stale"] < 1 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        edge = body["sources"]
+        assert edge["summary"] == {"count": 2, "stale": 1, "n_total": total, "pending": 0}, edge
+        # Stale first, then the longest unheard.
+        assert [(row["name"], row["status"], row["n"]) for row in edge["rows"]] == [
+            (quiet.name, "stale", quiet_values.size), (busy.name, "live", busy_values.size)
+        ], edge  # fmt: skip
+        assert edge["rows"][0]["heard_age_s"] > settings.heartbeat_ms * 2 / 1000 > edge["rows"][1]["heard_age_s"]
+        assert body["summary"]["n_total"] == 0, body  # the partition shards (owned here) have no number
+        assert [row["name"] for row in _shards(base, "limit=1")["sources"]["rows"]] == [quiet.name]
+        assert _get(f"{base}/quantiles?q=0.37")[1]["stale_sources"] == 1
+
+        # The command reads the sketches topic: edge shards only, so a line about them and no shard table.
+        result = deployment.cli("shards")
+        assert result.returncode == 0, result.stderr
+        said = f"2 edge shards (sources sending their own sketches), 1 stale (silent > 4 s), n = {total:,}"
+        assert said in result.stdout, result.stdout
+        assert "the 10 worst" not in result.stdout, result.stdout
+        lines = deployment.cli("shards", "--json")
+        assert (lines.returncode, lines.stdout) == (0, ""), lines  # one line per partition shard: none

@@ -27,6 +27,7 @@ from pipeline.core.api_schema import openapi_document
 from pipeline.core.exact import check_rank
 from pipeline.core.sketch import QuantileBand
 from pipeline.core.wire import MedianRecord, QuantileEstimate
+from tests.unit.test_shard_listing import openapi_validator
 
 DEFAULT = (0.5, 0.9, 0.99)
 TS = 1_700_000_000_000
@@ -47,6 +48,8 @@ def _record(ts: int = TS, theta: float | None = 0.005) -> MedianRecord:
         theta=theta,
         pending=7,
         stale_shards=1,
+        sources=3,
+        stale_sources=2,
     )
 
 
@@ -124,6 +127,7 @@ def test_median_answer_states_interval_bound_and_facts() -> None:
     assert (body["n"], body["shards"], body["ts"], body["age_s"]) == (1000, 4, TS, 1.5)
     assert body["time"] == "2023-11-14T22:13:20.000Z"
     assert (body["source"], body["bound_covers"], body["pending"], body["stale_shards"]) == ("record", "ingested", 7, 1)
+    assert (body["sources"], body["stale_sources"]) == (3, 2)
     assert median_answer(_record(theta=None), TS)["bound_covers"] == "reflected"
 
 
@@ -142,7 +146,9 @@ def test_quantiles_from_sketch_bound_the_exact_quantile() -> None:
     sketch = datasketches.kll_doubles_sketch(200)
     sketch.update(data)
     qs = (0.0, 0.01, 0.37, 0.5, 0.999, 1.0)
-    body = quantiles_from_sketch(sketch, qs, n=data.size, shards=1, pending=0, stale_shards=0, now_ms=TS)
+    body = quantiles_from_sketch(
+        sketch, qs, n=data.size, shards=1, sources=2, pending=5, stale_shards=0, stale_sources=1, now_ms=TS
+    )
     error = float(sketch.normalized_rank_error(False))
     assert (body["source"], body["bound_covers"], body["rank_error"], body["ts"]) == (
         "merged_sketch",
@@ -150,6 +156,9 @@ def test_quantiles_from_sketch_bound_the_exact_quantile() -> None:
         error,
         TS,
     )
+    assert (body["shards"], body["sources"], body["pending"], body["stale_shards"], body["stale_sources"]) == (
+        1, 2, 5, 0, 1
+    )  # fmt: skip
     ordered = np.sort(data)
     for row in body["quantiles"]:
         assert row["rank_bound"] == error
@@ -160,7 +169,9 @@ def test_quantiles_from_sketch_bound_the_exact_quantile() -> None:
 
 def test_an_empty_sketch_answers_null_values() -> None:
     sketch = datasketches.kll_doubles_sketch(200)
-    body = quantiles_from_sketch(sketch, (0.5,), n=0, shards=1, pending=0, stale_shards=0, now_ms=TS)
+    body = quantiles_from_sketch(
+        sketch, (0.5,), n=0, shards=0, sources=1, pending=0, stale_shards=0, stale_sources=0, now_ms=TS
+    )
     assert body["quantiles"][0] | {"rank_bound": 0} == {
         "q": 0.5,
         "value": None,
@@ -210,3 +221,23 @@ def test_openapi_document_loads_in_schemathesis_with_every_endpoint() -> None:
     assert q["schema"]["maxItems"] == MAX_QUANTILES
     for path in ("/median", "/quantiles"):
         assert "503" in document["paths"][path]["get"]["responses"]
+
+
+def test_median_and_quantile_answers_fit_the_openapi_schema() -> None:
+    median, quantiles = openapi_validator("MedianAnswer"), openapi_validator("QuantilesAnswer")
+    record = _record()
+    median.validate(median_answer(record, TS + 10))
+    from_record = quantiles_from_record(record, (0.5, 0.9), TS + 10)
+    assert from_record is not None
+    quantiles.validate(from_record)
+    sketch = datasketches.kll_doubles_sketch(200)
+    sketch.update(np.arange(100.0))
+    from_sketch = quantiles_from_sketch(
+        sketch, (0.1, 0.5), n=100, shards=0, sources=1, pending=0, stale_shards=0, stale_sources=0, now_ms=TS
+    )
+    quantiles.validate(from_sketch)
+    for body, validator in ((median_answer(record, TS), median), (from_sketch, quantiles)):
+        for field in ("sources", "stale_sources"):
+            without = {key: value for key, value in body.items() if key != field}
+            assert not validator.is_valid(without), field
+            assert not validator.is_valid(body | {field: -1}), field

@@ -28,6 +28,7 @@ from pipeline.core.shard_listing import (
     worst_first,
 )
 from pipeline.core.sketch import QuantileBand
+from pipeline.core.source_listing import SourceRow, sources_answer, sources_unknown
 
 NOW = 1_700_000_000_000
 BAND = QuantileBand(1.0, 0.5, 1.5)
@@ -234,11 +235,16 @@ def _json_schema(node: Any) -> Any:
     return out
 
 
+def openapi_validator(component: str) -> Any:
+    """A JSON Schema validator of one of the OpenAPI document's schemas (the API's answers are checked with it)."""
+    schemas = openapi_document()["components"]["schemas"]
+    schema = _json_schema(schemas[component])
+    schema["$defs"] = _json_schema(schemas)
+    return jsonschema_rs.validator_for(schema)
+
+
 def test_answers_fit_the_openapi_schema_exactly() -> None:
-    document = openapi_document()
-    schema = _json_schema(document["components"]["schemas"]["ShardsAnswer"])
-    schema["$defs"] = _json_schema(document["components"]["schemas"])
-    validator = jsonschema_rs.validator_for(schema)
+    validator = openapi_validator("ShardsAnswer")
     rows = [*_many(300), ShardRow(300, True, 0, None, None, None, 0, 0, 0, -1, 0)]
     for query in [ShardQuery(), ShardQuery(limit=0), ShardQuery(MAX_LIMIT, 0, True, "age", "desc"),
                   ShardQuery(7, 90, False, "lag", "asc")]:  # fmt: skip
@@ -249,6 +255,23 @@ def test_answers_fit_the_openapi_schema_exactly() -> None:
                           stale_after_ms=20_000)  # fmt: skip
     validator.validate(empty)
     body["shards"][0]["status"] = "asleep"
+    assert not validator.is_valid(body)
+
+    # On the aggregator's worker, the edge shards: a summary and rows (elsewhere: not known, as in `empty`).
+    assert empty["sources"] == sources_unknown()
+    stale_row = SourceRow("web-1@k3x9", 10, 2, BAND, NOW - 30_000, NOW - 30_000, True, 0, 200)
+    heartbeats_only = SourceRow("quiet", None, 0, None, None, NOW - 40_000, True, None, None)
+    source_list = [stale_row, heartbeats_only, SourceRow("batch", 0, 1, BAND, NOW, NOW, False, 0, 200)]
+    sources = sources_answer(source_list, 100, now_ms=NOW, pending=4)
+    body = shards_answer(rows, select_page(rows, ShardQuery()), ShardQuery(), now_ms=NOW, complete=True,
+                         stale_after_ms=20_000, sources=sources)  # fmt: skip
+    validator.validate(body)
+    assert [row["name"] for row in body["sources"]["rows"]] == ["quiet", "web-1@k3x9", "batch"]
+    body["sources"]["rows"][0]["status"] = "unknown"  # an edge shard is live or stale, never unknown
+    assert not validator.is_valid(body)
+    del body["sources"]["rows"][0]
+    validator.validate(body)
+    del body["sources"]["summary"]["pending"]
     assert not validator.is_valid(body)
 
 
