@@ -4,7 +4,8 @@ The page must show what the worker reports (the same median and ``n``), draw its
 charts, summarise the shards (counts, histograms, distributions) and list the worst
 few, log no error, and ask nothing of any host but this one. A long median must fit
 its card, and a flat ingest rate must have distinct axis ticks. A screenshot of it is
-saved with the test's files and as docs/dashboard.png.
+saved with the test's files and as docs/dashboard.png. Edge shards (sources that send
+their own sketches) get a tile and a table of their own, shown only when there are some.
 """
 
 from __future__ import annotations
@@ -19,11 +20,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import numpy as np
 import pytest
 from playwright.sync_api import Browser, ConsoleMessage, Page, Request, Route, sync_playwright
 
 from pipeline.app.dashboard import HISTOGRAM_BINS, WORST_SHARDS
 from pipeline.kafka.generate import Distribution, MessageFormat, generate
+from pipeline.source import SketchingSource
 from tests.integration.harness import REPO, Deployment
 
 pytestmark = pytest.mark.integration
@@ -285,3 +288,71 @@ def test_dashboard_follows_the_median_in_a_real_browser(
     away = [url for url in requests if urlsplit(url).scheme != "data" and urlsplit(url).hostname != "127.0.0.1"]
     assert away == [], away
     assert any(url.endswith("/dashboard.json") for url in requests)
+
+
+def test_edge_shards_get_a_tile_and_a_table_and_turn_red_when_silent(
+    deploy: Callable[..., Deployment], browser: Browser, tmp_path: Path
+) -> None:
+    # Heartbeats every 3 s: a source that stops is stale 6 s later, not 20 s.
+    deployment = deploy(2, heartbeat_ms="3000")
+    settings = deployment.settings
+    worker = deployment.worker()
+    base = f"http://127.0.0.1:{worker.web_port}"
+    _wait_for_web(base, deployment)
+    partition_values = generate(Distribution.NORMAL, 20_000, seed=1)
+    deployment.produce(partition_values, MessageFormat.FLOAT64, 1000)
+    deployment.wait_for_n(partition_values.size)
+
+    page = browser.new_page(viewport={"width": 1360, "height": 1000})
+    errors, _ = _watch(page)
+    page.goto(f"{base}/", wait_until="load", timeout=30_000)
+    page.wait_for_function(
+        "(n) => Number(document.getElementById('n').dataset.value) === n", arg=partition_values.size, timeout=30_000
+    )
+    # No edge shard yet: neither the tile nor the table.
+    assert not page.is_visible("#sources-tile")
+    assert not page.is_visible("#sources-card")
+
+    edge_values = generate(Distribution.LOGNORMAL, 30_000, seed=2)
+    with SketchingSource("edge-a", settings) as source:
+        source.add_many(edge_values)
+        source.flush()
+        name = source.name
+        deployment.wait_for_n(partition_values.size + edge_values.size)
+        row = f'#sources-table tbody tr[data-source="{name}"]'
+        # The page polls each second: until its row shows the last snapshot sent.
+        page.wait_for_function(
+            """([sel, n, seq]) => {
+                const r = document.querySelector(sel);
+                return r !== null && r.cells[1].textContent === n && r.cells[3].textContent === seq;
+            }""",
+            arg=[row, f"{edge_values.size:,}", str(source.seq)],
+            timeout=30_000,
+        )
+        # Its heartbeats keep it live while it is open.
+        assert page.is_visible("#sources-tile")
+        assert page.inner_text("#sources-count") == "1"
+        assert page.inner_text("#sources-stale") == "0"
+        assert "bad" not in (page.get_attribute("#sources-tile", "class") or "")
+        cells = page.locator(f"{row} td").all_inner_texts()
+        assert name.startswith("edge-a@"), name
+        assert cells[0] == name, cells
+        assert float(cells[2].replace(",", "")) == pytest.approx(float(np.median(edge_values)), rel=0.05), cells
+        assert (cells[4], cells[5], cells[-1]) == ("0", str(settings.sketch_k), "live"), cells
+        assert "30,000 numbers" in page.inner_text("#sources-summary")
+        page.screenshot(path=str(tmp_path / "dashboard-sources.png"), full_page=True)
+
+    # Closed: no more heartbeats, so after two heartbeat periods it is stale, flagged in red.
+    page.wait_for_selector(f"{row}.stale", timeout=30_000)
+    assert page.inner_text("#sources-stale") == "1"
+    assert page.inner_text("#sources-count") == "1"  # stale edge shards stay in the estimate
+    red = "rgb(209, 52, 47)"
+    assert page.eval_on_selector("#sources-tile .value", "e => getComputedStyle(e).color") == red
+    assert page.eval_on_selector("#sources-stale", "e => getComputedStyle(e).color") == red
+    assert page.eval_on_selector(f"{row} td", "e => getComputedStyle(e).color") == red
+    assert page.locator(f"{row} td").last.inner_text() == "stale"
+    # The partition shards are another table: the edge shard is not among them.
+    assert page.inner_text("#shards-known") == "2"
+    page.screenshot(path=str(tmp_path / "dashboard-sources-stale.png"), full_page=True)
+    page.close()
+    assert errors == [], errors

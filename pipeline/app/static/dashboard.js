@@ -5,6 +5,8 @@
 
 (function () {
   const POLL_MS = 1000;
+  // Edge shards listed one by one (GET /shards' sources: stale first, then the longest unheard).
+  const SOURCES_LISTED = 10;
   const RATE_WINDOW_MS = 5000;
   const HISTORY_POINTS = 900;
   // Whole seconds at least, with room between ticks: the page polls once a second.
@@ -15,6 +17,7 @@
   const rates = { x: [], y: [] };
   let samples = []; // [now_ms, n] per poll, for the ingest rate
   let lastTs = null;
+  let sourcesSeen = 0; // edge shards in the last listing: /shards is asked while there were some
   let medianChart = null;
   let rateChart = null;
 
@@ -246,6 +249,68 @@
     return view.owned_n;
   }
 
+  // Only the aggregator's worker knows each edge shard (/shards' sources); any worker has the
+  // record's counts. /shards is asked only when there are edge shards, not on every poll.
+  async function pollSources(doc) {
+    const r = doc.record;
+    const inRecord = r && r.sources ? r.sources : 0;
+    let listing = null;
+    if (doc.aggregator_hosted && (inRecord > 0 || sourcesSeen > 0)) {
+      try {
+        const response = await fetch("/shards?limit=" + SOURCES_LISTED, { cache: "no-store" });
+        if (response.ok) listing = (await response.json()).sources;
+      } catch (err) {
+        listing = null; // the next poll asks again; the record's counts are shown meanwhile
+      }
+    }
+    renderSources(doc, listing && listing.complete ? listing : null);
+  }
+
+  function renderSources(doc, listing) {
+    const r = doc.record;
+    const count = listing ? listing.summary.count : (r && r.sources) || 0;
+    const stale = listing ? listing.summary.stale : (r && r.stale_sources) || 0;
+    const rows = listing ? listing.rows : [];
+    sourcesSeen = listing ? Math.max(count, rows.length) : count;
+    const shown = count > 0 || rows.length > 0;
+    $("sources-tile").hidden = !shown;
+    $("sources-card").hidden = !shown;
+    if (!shown) return;
+    setText("sources-count", fmtInt(count));
+    setText("sources-stale", fmtInt(stale));
+    setText("sources-after", (doc.stale_after_ms / 1000).toFixed(0) + " s");
+    $("sources-tile").classList.toggle("bad", stale > 0);
+    $("sources-stale").classList.toggle("bad", stale > 0);
+    const sum = listing ? listing.summary : null;
+    setText("sources-summary", sum
+      ? fmtInt(sum.count) + (sum.count === 1 ? " source" : " sources") + " in the estimate, " + fmtInt(sum.stale) +
+        " stale, " + fmtInt(sum.n_total) + " numbers, " + fmtInt(sum.pending) + " pending"
+      : "as the latest record counts them");
+
+    const body = $("sources-table").tBodies[0];
+    body.replaceChildren();
+    for (const s of rows) {
+      const tr = body.insertRow();
+      tr.dataset.source = s.name;
+      if (s.status === "stale") tr.className = "stale";
+      const ago = (seconds) => fmtAge(seconds === null ? null : seconds * 1000);
+      const cells = [s.name, fmtInt(s.n), fmt(s.median ? s.median.value : null), fmtInt(s.seq), fmtInt(s.rejected),
+                     s.k === null ? "–" : String(s.k), ago(s.last_snapshot_age_s), ago(s.heard_age_s), s.status];
+      cells.forEach((v, i) => {
+        const td = tr.insertCell();
+        td.textContent = v;
+        if (i === cells.length - 1) td.className = s.status === "stale" ? "bad" : "ok";
+      });
+    }
+    if (rows.length === 0) {
+      const td = body.insertRow().insertCell();
+      td.colSpan = 9;
+      td.className = "muted";
+      td.textContent = doc.aggregator_hosted ? "the list is not available now; asking again"
+        : "this worker does not host the aggregator: its worker lists each source";
+    }
+  }
+
   function render(doc) {
     setText("topic", doc.topic);
     setText("partitions", String(doc.partitions));
@@ -289,7 +354,9 @@
     try {
       const response = await fetch("/dashboard.json", { cache: "no-store" });
       if (!response.ok) throw new Error("HTTP " + response.status);
-      render(await response.json());
+      const doc = await response.json();
+      render(doc);
+      await pollSources(doc);
     } catch (err) {
       const pill = $("status");
       pill.textContent = "worker unreachable";
