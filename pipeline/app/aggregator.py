@@ -28,12 +28,13 @@ from faust.types.tuples import TP
 from config import Settings
 from pipeline.app.dead_letters import DeadLetterSink
 from pipeline.core.aggregation import AggregateState
+from pipeline.core.dead_letter import DeadLetter
 from pipeline.core.emission import EmissionState, IntervalRule
 from pipeline.core.liveness import ShardLiveness
 from pipeline.core.merge import GlobalEstimator
 from pipeline.core.sketches_contract import SnapshotLimits
 from pipeline.core.source_contract import SourceBook
-from pipeline.core.wire import DeadLetter, MedianRecord, SnapshotError
+from pipeline.core.wire import MedianRecord, SnapshotError
 from pipeline.kafka.sketches_log import SketchesLog, read_sketches_log, source_policy
 from pipeline.transport import RawBatch
 

@@ -7,7 +7,7 @@ from collections import Counter
 
 from faust.types import TopicT
 
-from pipeline.core.wire import DeadLetter
+from pipeline.core.dead_letter import DeadLetter
 
 __all__ = ["DeadLetterSink"]
 

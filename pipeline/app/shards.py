@@ -34,12 +34,13 @@ from pipeline.app.event_context import bound_to_event
 from pipeline.app.global_view import MediansFollower
 from pipeline.core.budget import GlobalView
 from pipeline.core.codec import CodecOptions
+from pipeline.core.dead_letter import DeadLetter
 from pipeline.core.deadlines import FlushSchedule
 from pipeline.core.emission import EmissionState, ShardEmissionRule
 from pipeline.core.ingest import RecordBatch, ingest_batch, rejection_counts
 from pipeline.core.sketch import ShardState
 from pipeline.core.sketches_contract import progress_key, shard_key
-from pipeline.core.wire import DeadLetter, MedianRecord, ShardProgress, SketchSnapshot
+from pipeline.core.wire import MedianRecord, ShardProgress, SketchSnapshot
 from pipeline.transport import resume_from_state
 
 __all__ = ["ShardService", "shard_key"]

@@ -8,7 +8,7 @@
   snapshot by a heartbeat): the same envelope, header only, no sketch.
 * :class:`MedianRecord` goes to ``medians``, key ``global``, as JSON (version 2;
   version 1 records are still read).
-* :class:`DeadLetter` goes to ``dead-letters`` as JSON with the original bytes.
+* dead letters go to ``dead-letters``: :mod:`pipeline.core.dead_letter`.
 
 A reader refuses a version it does not know instead of guessing. The keys, the
 order of a shard's snapshots and what a reader of ``sketches`` accepts are the
@@ -17,7 +17,6 @@ topic's contract: :mod:`pipeline.core.sketches_contract`.
 
 from __future__ import annotations
 
-import base64
 import logging
 import math
 from dataclasses import dataclass
@@ -37,7 +36,6 @@ __all__ = [
     "MEDIAN_RECORD_VERSION",
     "PROGRESS_VERSION",
     "SNAPSHOT_VERSION",
-    "DeadLetter",
     "MedianRecord",
     "QuantileEstimate",
     "ShardProgress",
@@ -56,7 +54,6 @@ PROGRESS_VERSION = 1
 version 1 read snapshots exactly as before, and only a progress message carries the field)."""
 MEDIAN_RECORD_VERSION = 2
 _MEDIAN_RECORD_VERSIONS = (1, 2)
-DEAD_LETTER_VERSION = 1
 
 SnapshotError = EnvelopeError
 """Raised for snapshot bytes that are forged, corrupt, truncated or of an unknown version."""
@@ -390,56 +387,6 @@ class MedianRecord:
             int(body.get("stale_shards", 0)),
             int(body.get("sources", 0)),
             int(body.get("stale_sources", 0)),
-        )
-
-
-@dataclass(frozen=True)
-class DeadLetter:
-    """A rejected input record, sent to ``dead-letters`` with its reason."""
-
-    reason: str
-    """Why it was rejected (a :class:`~pipeline.core.codec.Reason` or snapshot error reason)."""
-    detail: str
-    """What exactly was wrong."""
-    topic: str
-    """Source topic."""
-    partition: int
-    """Source partition."""
-    offset: int
-    """Source offset."""
-    value: bytes | None
-    """The original message value, untouched."""
-    bad_elements: tuple[tuple[int, str], ...] = ()
-    """For a partially rejected batch: (element index, reason) of each dropped element."""
-
-    def to_json(self) -> bytes:
-        """JSON with the original bytes in base64, readable with any consumer."""
-        body = {
-            "v": DEAD_LETTER_VERSION,
-            "reason": self.reason,
-            "detail": self.detail,
-            "source": {"topic": self.topic, "partition": self.partition, "offset": self.offset},
-            "value_b64": None if self.value is None else base64.b64encode(self.value).decode("ascii"),
-            "bad_elements": [{"index": i, "reason": r} for i, r in self.bad_elements],
-        }
-        return orjson.dumps(body)
-
-    @classmethod
-    def from_json(cls, data: bytes) -> DeadLetter:
-        """Parse a dead letter (for tools and tests)."""
-        body = orjson.loads(data)
-        if body.get("v") != DEAD_LETTER_VERSION:
-            raise ValueError(f"unsupported dead letter version {body.get('v')!r}")
-        source = body["source"]
-        raw = body["value_b64"]
-        return cls(
-            body["reason"],
-            body["detail"],
-            source["topic"],
-            int(source["partition"]),
-            int(source["offset"]),
-            None if raw is None else base64.b64decode(raw),
-            tuple((int(e["index"]), str(e["reason"])) for e in body["bad_elements"]),
         )
 
 

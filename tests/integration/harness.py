@@ -24,7 +24,8 @@ import numpy.typing as npt
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
 
 from config import Settings, load_settings
-from pipeline.core.wire import DeadLetter, MedianRecord, SketchSnapshot
+from pipeline.core.dead_letter import DeadLetter
+from pipeline.core.wire import MedianRecord, SketchSnapshot
 from pipeline.kafka.clients import admin_client, consumer, producer
 from pipeline.kafka.follow import latest_snapshots, wait_for_record
 from pipeline.kafka.generate import MessageFormat, encode_messages

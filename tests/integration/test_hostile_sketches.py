@@ -18,9 +18,10 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
+from pipeline.core.dead_letter import DeadLetter
 from pipeline.core.envelope import pack_envelope, unpack_envelope
 from pipeline.core.exact import check_rank
-from pipeline.core.wire import SNAPSHOT_VERSION, DeadLetter, MedianRecord, ShardProgress, SketchSnapshot
+from pipeline.core.wire import SNAPSHOT_VERSION, MedianRecord, ShardProgress, SketchSnapshot
 from pipeline.kafka.clients import producer
 from pipeline.kafka.follow import wait_for_record
 from pipeline.kafka.generate import MessageFormat

@@ -12,13 +12,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pipeline.core.dead_letter import DeadLetter
 from pipeline.core.envelope import pack_envelope, unpack_envelope
 from pipeline.core.sketch import QuantileBand, ShardState
 from pipeline.core.wire import (
     MEDIAN_RECORD_VERSION,
     PROGRESS_VERSION,
     SNAPSHOT_VERSION,
-    DeadLetter,
     MedianRecord,
     QuantileEstimate,
     ShardProgress,
