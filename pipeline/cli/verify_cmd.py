@@ -296,6 +296,12 @@ def _print_tables(result: AuditResult, record: MedianRecord | None, relation: st
     covered = sum(s.claim.n for s in result.shards)
     if record is None:
         out.print("no medians record yet: auditing the snapshots merged again")
+    elif record.sources:
+        out.print(
+            f"the latest medians record also counts {record.sources} edge shard(s) (n={record.n:,} in all), whose "
+            "numbers never reached the input topic: it is not audited; the partition shards' snapshots merged "
+            "again are"
+        )
     elif relation != "matches":
         out.print(
             f"the latest medians record (n={record.n:,}, {record.shards} shards) is {relation} than the "

@@ -56,6 +56,11 @@ def test_a_sketching_source_and_partition_shards_feed_one_record(deploy: Callabl
     assert (record.shards, record.sources) == (4, 1)
     assert record.rejected == 1
     _assert_within_bound(record, np.concatenate([partition_values, edge_values]))
+    # verify re-reads the input topic: it audits the partition shards, and says why not the record.
+    audit = deployment.cli("verify")
+    assert audit.returncode == 0, audit.stdout + audit.stderr
+    assert "also counts 1 edge shard(s)" in audit.stdout
+    assert "20,000 numbers" in audit.stdout
 
 
 def test_a_java_serialized_sketch_is_ingested_as_an_edge_shard(
