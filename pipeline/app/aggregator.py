@@ -71,6 +71,7 @@ class AggregatorService:
         self._output = EmissionState()
         # The merge, liveness and ledger; ``_restored`` once rebuilt from ``sketches`` on this assignment.
         self._state = AggregateState.empty(settings.sketch_k, settings.quantiles, source_policy(settings))
+        self._sketches: TopicT | None = None
         self._restored = False
         # The rebuild from ``sketches`` started when this worker took the aggregator over.
         self._rebuild: asyncio.Future[SketchesLog] | None = None
@@ -97,6 +98,7 @@ class AggregatorService:
 
     def register(self, sketches: TopicT) -> None:
         """Attach the agent, the publish timer and the rebalance hooks to the app."""
+        self._sketches = sketches
         self._app.agent(sketches, name="aggregator")(self._run)
         interval_s = max(self._settings.publish_interval_ms / 4000, 0.01)
         self._app.timer(interval_s, name="aggregator.publish")(self._publish_if_due)
@@ -172,6 +174,11 @@ class AggregatorService:
     async def _reject(self, letter: DeadLetter, key: bytes | None) -> None:
         logger.warning("rejected snapshot at offset %d: %s: %s", letter.offset, letter.reason, letter.detail)
         await self._dead_letters.send(letter, key)
+        # Compaction keeps the last record written under a key, refused or not: the edge shard's
+        # held snapshot goes back under its key, so that a rebuild reads it rather than the refusal.
+        held = self._state.held_value(key)
+        if held is not None and self._sketches is not None:
+            await self._sketches.send(key=key, value=held)
 
     def _changed(self) -> None:
         self._changes += 1

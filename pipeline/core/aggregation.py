@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pipeline.core.liveness import ShardLiveness
 from pipeline.core.merge import GlobalEstimator
 from pipeline.core.sketches_contract import SnapshotLimits, Tombstone, accept
-from pipeline.core.source_contract import SourceBook, SourcePolicy, SourceTombstone
+from pipeline.core.source_contract import SOURCE_KEY_PREFIX, SourceBook, SourcePolicy, SourceTombstone, is_source_key
 from pipeline.core.source_wire import SourceProgress, SourceSnapshot
 from pipeline.core.wire import MedianRecord, ShardProgress, SketchSnapshot
 
@@ -89,6 +89,21 @@ class AggregateState:
         self.estimator.forget(message.shard)
         self.liveness.forget(message.shard)
         return Taken(True)
+
+    def held_value(self, key: bytes | None) -> bytes | None:
+        """The held snapshot to write back under ``key`` after a refusal there (None: none to restore).
+
+        ``sketches`` is compacted: it keeps the last record written under a key, so a
+        refused record (a forgery, a sequence number going back) written after an edge
+        shard's snapshot would leave a rebuild without it. Written back, the held
+        snapshot is the last again; the agent reads it as the same snapshot (a no-op).
+        Only edge shards' keys: only the workers may write partition shards' keys (ACLs).
+        """
+        if not is_source_key(key) or key is None or key.endswith(b".progress"):
+            return None
+        name = key[len(SOURCE_KEY_PREFIX) :].decode("ascii", "replace")
+        held = self.estimator.source(name)
+        return None if held is None else held.to_bytes()
 
     def record(self, now_ms: int, theta: float | None, stale_after_ms: int) -> MedianRecord:
         """The global record now (``stale_after_ms``: the silence after which a shard is stale)."""

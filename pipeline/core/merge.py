@@ -74,6 +74,10 @@ class GlobalEstimator:
         """The latest snapshot of every edge shard, by name."""
         return (self._sources[name] for name in sorted(self._sources))
 
+    def source(self, name: str) -> SourceSnapshot | None:
+        """The held snapshot of edge shard ``name`` (None: not held)."""
+        return self._sources.get(name)
+
     def offer_source(self, snapshot: SourceSnapshot) -> None:
         """Hold an edge shard's snapshot, replacing the one held (the
         :class:`~pipeline.core.source_contract.SourceBook` decided it is newer)."""

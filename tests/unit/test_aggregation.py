@@ -15,7 +15,7 @@ from pipeline.core.aggregation import AggregateState
 from pipeline.core.sketch import ShardState
 from pipeline.core.sketches_contract import SnapshotLimits
 from pipeline.core.source_contract import SourcePolicy, source_key, source_progress_key
-from pipeline.core.source_wire import SourceProgress, SourceSnapshot
+from pipeline.core.source_wire import SourceProgress, SourceSnapshot, parse_source_value
 from pipeline.core.wire import SketchSnapshot, SnapshotError
 
 NOW = 1_800_000_000_000
@@ -99,7 +99,7 @@ def test_hostile_edge_shards_never_crash_the_aggregator_or_change_a_record_by_a_
     state = _state()
     refused: list[str] = []
     accepted = 0
-    for (key, value), step in zip(messages, clock, strict=False):
+    for (key, value), step in zip(messages, sorted(clock), strict=False):  # the aggregator's clock goes forward
         now = NOW + step
         before, ledger = _record(state), _ledger(state)
         try:
@@ -108,6 +108,11 @@ def test_hostile_edge_shards_never_crash_the_aggregator_or_change_a_record_by_a_
             refused.append(exc.reason)  # the agent dead-letters it as snapshot_<reason>, and counts it
             assert _record(state) == before
             assert _ledger(state) == ledger
+            # The held snapshot written back under the key (compaction keeps the last record) is a no-op.
+            held = state.held_value(key)
+            if held is not None:
+                assert not state.take(key, held, LIMITS, now).changed
+                assert _record(state) == before
             continue
         accepted += 1
         if not taken.changed:
@@ -133,3 +138,18 @@ def test_an_honest_source_goes_through_with_replays_as_no_ops() -> None:
     assert state.estimator.n == 3_000 + 2 * 2_000 + 1_500
     assert state.take(source_key("db-1"), None, LIMITS, NOW).changed  # retired
     assert state.estimator.n == 7_000
+
+
+def test_after_a_refusal_under_a_held_edge_key_the_held_snapshot_is_written_back() -> None:
+    state = _state()
+    held = state.estimator.source("web-1")
+    assert held is not None
+    for refused in (b"garbage", SourceSnapshot.of_sketch("web-1", 2, _sketch(2, 100), NOW).to_bytes()):
+        with pytest.raises(SnapshotError):
+            state.take(source_key("web-1"), refused, LIMITS, NOW)
+        restore = state.held_value(source_key("web-1"))
+        assert restore is not None
+        assert parse_source_value(restore) == held
+    assert state.held_value(source_progress_key("web-1")) is None  # heartbeats need no restoring
+    assert state.held_value(source_key("db-1")) is None  # nothing held
+    assert state.held_value(b"0") is None  # partition shards' keys: the workers' own (ACLs)
