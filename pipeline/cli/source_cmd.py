@@ -25,6 +25,8 @@ from pipeline.core.wire import SnapshotError
 from pipeline.kafka.clients import producer, require_topics
 from pipeline.kafka.sketches_log import read_sketches_log, source_policy
 from pipeline.source import SketchingSource, SourceError
+from pipeline.source.sketching import check_source_id
+from pipeline.source.state_file import StateFileError
 
 __all__ = ["ingest_sketch", "source", "sources_cli"]
 
@@ -54,41 +56,45 @@ def source(
     Without --state, this run is an edge shard of its own (<id>@<run token>).
     """
     settings = settings_or_exit()
-    require_topics(settings, "sketches")
+    if str(file) != "-" and not file.is_file():
+        fail(f"{file} is not a readable file (use '-' or no argument for stdin)")
     try:
+        check_source_id(source_id, settings)  # a bad id is said before any wait for Kafka
+        require_topics(settings, "sketches")
         sketching = SketchingSource(source_id, settings, state_path=state)
-    except SourceError as exc:
+    except (SourceError, StateFileError) as exc:
         fail(str(exc))
     # SIGTERM closes cleanly, as end of input does (kill -9 is what a state file is for).
     signal.signal(signal.SIGTERM, _raise_interrupt)
     say(f"source {sketching.name}: sending snapshots to {settings.topic_sketches} (n={sketching.n} resumed)")
     refused = 0
     try:
-        handle = sys.stdin if str(file) == "-" else file.open()
-        for token in _tokens(handle):
-            try:
-                sketching.add(float(token))
-            except ValueError:
-                refused += 1
-                if refused <= 5:
-                    say(f"source {sketching.name}: {token[:40]!r} is not a number: counted as rejected")
+        with sys.stdin if str(file) == "-" else file.open() as handle:
+            for token in _tokens(handle):
+                try:
+                    sketching.add(float(token))
+                except ValueError:
+                    sketching.reject()  # counted in the record's `rejected`, as a shard counts bad input
+                    refused += 1
+                    if refused <= 5:
+                        say(f"source {sketching.name}: {token[:40]!r} is not a number: counted as rejected")
     except KeyboardInterrupt:
         say(f"source {sketching.name}: interrupted; sending what is unsent")
     finally:
-        _close(sketching, timeout_s, refused)
+        _close(sketching, timeout_s)
 
 
 def _raise_interrupt(_signum: int, _frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
-def _close(sketching: SketchingSource, timeout_s: float, refused: int) -> None:
+def _close(sketching: SketchingSource, timeout_s: float) -> None:
     try:
         sketching.close(timeout_s)
     except SourceError as exc:
         fail(str(exc), code=1)
     say(
-        f"source {sketching.name}: n={sketching.n}, rejected={sketching.rejected + refused}, "
+        f"source {sketching.name}: n={sketching.n}, rejected={sketching.rejected}, "
         f"last snapshot {sketching.seq}"
     )
 
@@ -139,6 +145,10 @@ def ingest_sketch(
 ) -> None:
     """Add a KLL doubles sketch built elsewhere as an edge shard (it replaces that source's previous sketch)."""
     settings = settings_or_exit()
+    try:
+        check_source_id(source_id, settings)
+    except SourceError as exc:
+        fail(str(exc))
     data = _read_sketch(file)
     snapshot = _snapshot_of(source_id, data, seq or int(time.time() * 1000), settings)
     require_topics(settings, "sketches")

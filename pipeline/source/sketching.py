@@ -44,7 +44,7 @@ from pipeline.core.wire import SnapshotError
 from pipeline.source.sender import SnapshotSender
 from pipeline.source.state_file import SourceStateFile
 
-__all__ = ["SketchingSource", "SourceError", "run_token", "source_options"]
+__all__ = ["SketchingSource", "SourceError", "check_source_id", "run_token", "source_options"]
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +66,16 @@ def source_options(settings: Settings) -> SourceOptions:
         quantiles=settings.quantiles,
         accept_infinity=settings.accept_infinity,
     )
+
+
+def check_source_id(source_id: str, settings: Settings) -> None:
+    """Raise :class:`SourceError` naming the rule if ``source_id`` is not one the aggregator accepts."""
+    if "@" in source_id:
+        raise SourceError(f"source id {source_id!r}: '@' starts a run token, which the source adds itself")
+    try:
+        check_source_name(source_id, settings.source_id_pattern)
+    except SnapshotError as exc:
+        raise SourceError(f"source id: {exc.detail}") from None
 
 
 def run_token() -> str:
@@ -92,12 +102,7 @@ class SketchingSource:
     ) -> None:
         self.settings = settings or load_settings()
         """Where to send, and the defaults of ``options``."""
-        try:
-            check_source_name(source_id, self.settings.source_id_pattern)
-        except SnapshotError as exc:
-            raise SourceError(f"source id: {exc.detail}") from None
-        if "@" in source_id:
-            raise SourceError(f"source id {source_id!r}: '@' starts a run token, which the source adds itself")
+        check_source_id(source_id, self.settings)
         self.options = options or source_options(self.settings)
         self._lock = threading.Lock()
         self._file = SourceStateFile(state_path) if state_path is not None else None
@@ -164,6 +169,11 @@ class SketchingSource:
         """Add an array of numbers (never waits for the network)."""
         with self._lock:
             self._state.add_many(values)
+
+    def reject(self, count: int = 1) -> None:
+        """Count numbers refused before they reached the source (unparsable input): they show in ``rejected``."""
+        with self._lock:
+            self._state.rejected += count
 
     def serve(self, now_ms: int, view: GlobalView | None, sender: SnapshotSender, force: bool = False) -> None:
         """The sender's call each tick: take the newest record, send what the rule asks for."""

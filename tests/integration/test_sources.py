@@ -227,3 +227,27 @@ def test_n_is_exact_across_a_worker_kill_and_a_source_kill_with_a_state_file(
     assert counted.size == expected
     _assert_within_bound(record, counted)
     assert deployment.dead_letters() == []
+
+
+def test_dmedian_source_counts_garbage_and_fails_in_one_line(deploy: Callable[..., Deployment], tmp_path: Path) -> None:
+    deployment = deploy(1)
+    deployment.worker()
+    numbers = tmp_path / "numbers.txt"
+    numbers.write_text("1 2 3\nfour 5,6\n\n7e0 nan inf\n")
+    result = deployment.cli("source", "--id", "file-1", str(numbers))
+    assert result.returncode == 0, result.stderr
+    assert "'four' is not a number" in result.stderr
+    record = deployment.wait_for_n(6)  # 1 2 3 5 6 7; "four", nan and inf are refused and counted
+    assert (record.sources, record.rejected) == (1, 3)
+    for args, message in (
+        (("source", "--id", "bad.id"), "is not a source id"),
+        (("source", "--id", "x@run"), "run token"),
+        (("source", "--id", "ok", str(tmp_path / "missing.txt")), "is not a readable file"),
+        (("ingest-sketch", "--source-id", "ok", str(tmp_path / "missing.kll")), "cannot read"),
+        (("sources", "retire", "no/slash"), "is not a source id"),
+    ):
+        failed = deployment.cli(*args, timeout_s=60)
+        assert failed.returncode == 2, (args, failed.stderr)
+        assert message in failed.stderr
+        assert "Traceback" not in failed.stderr
+        assert len(failed.stderr.strip().splitlines()) == 1, failed.stderr
