@@ -84,15 +84,19 @@ class RateBucket:
 
     def take(self, now_ms: int) -> bool:
         """Take a token if there is one (a message may be sent now)."""
+        if not self.ready(now_ms):
+            return False
+        self.tokens -= 1.0
+        return True
+
+    def ready(self, now_ms: int) -> bool:
+        """Whether a token is there now (refills, takes none)."""
         if self.tokens < 0:
             self.tokens = float(self.burst)
         else:
             self.tokens = min(self.tokens + max(now_ms - self.last_ms, 0) / 1000.0 * self.rate, float(self.burst))
-        self.last_ms = now_ms
-        if self.tokens < 1.0:
-            return False
-        self.tokens -= 1.0
-        return True
+        self.last_ms = max(self.last_ms, now_ms)
+        return self.tokens >= 1.0
 
 
 @dataclass

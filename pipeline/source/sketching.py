@@ -175,18 +175,22 @@ class SketchingSource:
         with self._lock:
             self._state.rejected += count
 
-    def serve(self, now_ms: int, view: GlobalView | None, sender: SnapshotSender, force: bool = False) -> None:
-        """The sender's call each tick: take the newest record, send what the rule asks for."""
+    def serve(self, now_ms: int, view: GlobalView | None, sender: SnapshotSender, force: bool = False) -> bool:
+        """The sender's call each tick: take the newest record, send what the rule asks for.
+
+        ``force``: a snapshot of whatever is unsent. Returns False when the rate held it back.
+        """
         if self._closed and not force:
-            return
+            return True
         with self._lock:
             if view is not None:
                 self._state.see(view)
-            if not (force or self._bucket.take(now_ms)):
-                return  # over the aggregator's rate: the next tick sends a newer state
-            message = self._state.next_message(now_ms, force=force)
-            if message is None:
-                self._bucket.tokens += 1.0  # nothing sent: the token stays
+            message = None
+            allowed = self._bucket.take(now_ms)  # the aggregator's rate: a later tick sends a newer state
+            if allowed:
+                message = self._state.next_message(now_ms, force=force)
+                if message is None:
+                    self._bucket.tokens += 1.0  # nothing sent: the token stays
             if self._file is not None and (
                 isinstance(message, SourceSnapshot)
                 or (self._state.n != self._saved_n and now_ms - self._last_save_ms >= self._save_every_ms)
@@ -198,11 +202,20 @@ class SketchingSource:
             sender.send(source_key(self.name), message.to_bytes())
         elif message is not None:
             sender.send(source_progress_key(self.name), message.to_bytes())
+        return allowed
 
     def flush(self, timeout_s: float = 10.0) -> None:
-        """Send a snapshot of everything added so far, and wait until it is delivered."""
-        self.serve(int(time.time() * 1000), None, self._sender, force=True)
-        left = self._sender.flush(timeout_s)
+        """Send a snapshot of everything added so far, and wait until it is delivered.
+
+        Waits for the aggregator's rate first (at most ``1 / source_messages_per_s``
+        after a burst): a snapshot over it would be refused, and nothing would resend it.
+        """
+        deadline = time.monotonic() + timeout_s
+        while not self.serve(int(time.time() * 1000), None, self._sender, force=True):
+            if time.monotonic() > deadline:
+                raise SourceError(f"source {self.name}: no send allowed by source_messages_per_s in {timeout_s:g} s")
+            time.sleep(0.02)
+        left = self._sender.flush(max(deadline - time.monotonic(), 0.1))
         if left:
             raise SourceError(
                 f"source {self.name}: {left} messages not delivered to {self.settings.topic_sketches} after "

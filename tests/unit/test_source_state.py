@@ -125,6 +125,10 @@ def test_the_rate_bucket_matches_the_aggregators_count() -> None:
     assert [bucket.take(NOW) for _ in range(4)] == [True, True, True, False]
     assert bucket.take(NOW + 499) is False
     assert bucket.take(NOW + 1_000) is True
+    assert bucket.ready(NOW + 1_500) is True  # a look takes nothing: both tokens are still there to take
+    assert bucket.take(NOW + 1_500) is True
+    assert bucket.take(NOW + 1_500) is True
+    assert bucket.ready(NOW + 1_500) is False
     # What the bucket lets through, the aggregator's ledger takes (same rate, same burst, same times).
     book = SourceBook(SourcePolicy(messages_per_s=2.0, burst=3))
     state, sender = SourceState("web-9", SourceOptions(rule="interval", interval_ms=1)), RateBucket(2.0, 3)
