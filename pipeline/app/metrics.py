@@ -184,6 +184,8 @@ class PipelineCollector(Collector):
             ("dmedian_estimate_shards", "Shards in the served estimate", record.shards),
             ("dmedian_estimate_pending", "Numbers ingested that the served estimate does not reflect", record.pending),
             ("dmedian_estimate_stale_shards", "Shards the served estimate counts as stale", record.stale_shards),
+            ("dmedian_estimate_sources", "Edge shards (sources sending their own sketches) in it", record.sources),
+            ("dmedian_estimate_stale_sources", "Edge shards the served estimate counts as stale", record.stale_sources),
             ("dmedian_estimate_age_seconds", "Seconds since the served estimate was made", (now_ms - record.ts) / 1000),
         ]
         for name, documentation, value in gauges:

@@ -118,6 +118,7 @@ def test_metrics_during_a_run_agree_with_what_was_produced(deploy: Callable[...,
     assert 0 < _one(samples, "dmedian_merge_seconds_sum") < 60
     assert _one(samples, "dmedian_aggregator_hosted") == 1
     assert _one(samples, "dmedian_estimate_numbers") == values.size
+    assert (_one(samples, "dmedian_estimate_sources"), _one(samples, "dmedian_estimate_stale_sources")) == (0, 0)
     # The served median is the newest record's (at least as new as the one waited for).
     assert record.median.lower <= _one(samples, "dmedian_median") <= record.median.upper
     assert _one(samples, "dmedian_median_rank_bound") == pytest.approx(record.rank_bound)

@@ -138,6 +138,11 @@ def test_hostile_edge_messages_are_dead_lettered_with_their_reasons(deploy: Call
     last = [value for _, key, value in deployment.read_topic(settings.topic_sketches) if key == source_key("edge-1")]
     assert last[-1] == good.to_bytes()
 
+    listing = deployment.cli("sources", "list")
+    assert listing.returncode == 0, listing.stderr
+    assert "edge-1" in listing.stdout
+    assert "1 edge shard(s), 2,000 numbers" in listing.stderr
+
     # Retired: its numbers leave the estimate.
     result = deployment.cli("sources", "retire", "edge-1")
     assert result.returncode == 0, result.stderr
