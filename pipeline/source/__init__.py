@@ -6,7 +6,7 @@ See :mod:`pipeline.source.sketching` and the README.
 """
 
 from pipeline.core.source_state import SourceOptions
-from pipeline.source.sender import SnapshotSender
+from pipeline.source.sender import SenderMode, SnapshotSender
 from pipeline.source.sketching import SketchingSource, SourceError, source_options
 
-__all__ = ["SketchingSource", "SnapshotSender", "SourceError", "SourceOptions", "source_options"]
+__all__ = ["SenderMode", "SketchingSource", "SnapshotSender", "SourceError", "SourceOptions", "source_options"]

@@ -1,4 +1,4 @@
-"""The background sender: one thread, one producer and one ``medians`` follower for any number of sources.
+"""The background sender: a thread (or an asyncio task), a producer and a ``medians`` follower for many sources.
 
 Each tick (``tick_ms``) it hands the newest ``medians`` record to every source,
 asks each for the message its emission rule wants now, and produces it to
@@ -17,10 +17,11 @@ later snapshot carries everything an earlier one did).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from config import Settings
 from pipeline.app.global_view import MediansFollower
@@ -30,9 +31,11 @@ from pipeline.kafka.clients import producer
 if TYPE_CHECKING:
     from pipeline.source.sketching import SketchingSource
 
-__all__ = ["SnapshotSender"]
+__all__ = ["SenderMode", "SnapshotSender"]
 
 logger = logging.getLogger(__name__)
+
+SenderMode = Literal["thread", "asyncio"]
 
 
 def _now_ms() -> int:
@@ -42,10 +45,16 @@ def _now_ms() -> int:
 class SnapshotSender:
     """Sends the snapshots and heartbeats of the sources registered with it, from a daemon thread."""
 
-    def __init__(self, settings: Settings, *, tick_ms: int = 50, follow: bool | None = None) -> None:
+    def __init__(
+        self, settings: Settings, *, tick_ms: int = 50, follow: bool | None = None, mode: SenderMode = "thread"
+    ) -> None:
         self.settings = settings
         """Where to send (``topic_sketches``) and which ``medians`` to follow."""
+        self.mode: SenderMode = mode
+        """``thread``: ticks in a daemon thread; ``asyncio``: in a task on the event loop running when the
+        first source registers (the ``medians`` follower stays a thread: it blocks in librdkafka)."""
         self._tick_s = tick_ms / 1000.0
+        self._task: asyncio.Task[None] | None = None
         # The budget rule spends its budget against the served values; the others need no record.
         follow = settings.emission_rule == "budget" if follow is None else follow
         self._follower = MediansFollower(settings) if follow else None
@@ -75,12 +84,20 @@ class SnapshotSender:
                 self._sources.remove(source)
 
     def start(self) -> None:
-        """Start the thread and the follower (idempotent)."""
-        if self._thread is None:
-            if self._follower is not None:
-                self._follower.start()
+        """Start the ticks and the follower (idempotent); in ``asyncio`` mode, from the running loop."""
+        if self._thread is not None or self._task is not None:
+            return
+        if self.mode == "asyncio":
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                raise RuntimeError("an asyncio SnapshotSender starts from a running event loop") from None
+            self._task = loop.create_task(self._run_async(), name="snapshot-sender")
+        else:
             self._thread = threading.Thread(target=self._run, name="snapshot-sender", daemon=True)
             self._thread.start()
+        if self._follower is not None:
+            self._follower.start()
 
     def send(self, key: bytes, value: bytes | None) -> None:
         """Produce one record to ``sketches`` (thread-safe: librdkafka's producer is)."""
@@ -116,11 +133,19 @@ class SnapshotSender:
 
     def _run(self) -> None:
         while not self._stop.wait(self._tick_s):
-            try:
-                self.tick(_now_ms())
-            except Exception:
-                # A source's bad state must not end the thread that serves the others.
-                logger.exception("snapshot sender: a tick failed; going on")
+            self._tick_safely()
+
+    async def _run_async(self) -> None:
+        while not self._stop.is_set():
+            await asyncio.sleep(self._tick_s)
+            self._tick_safely()  # short: a serialization per source that sends, no network wait
+
+    def _tick_safely(self) -> None:
+        try:
+            self.tick(_now_ms())
+        except Exception:
+            # A source's bad state must not end the loop that serves the others.
+            logger.exception("snapshot sender: a tick failed; going on")
 
     def tick(self, now_ms: int) -> None:
         """One round: the newest record to every source, then what each has to send."""

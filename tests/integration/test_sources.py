@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
+import threading
 import sys
 import time
 from collections.abc import Callable
@@ -21,7 +23,7 @@ from pipeline.kafka.follow import wait_for_record
 from pipeline.kafka.generate import MessageFormat
 from pipeline.kafka.produce import produce_values
 from pipeline.kafka.sketches_log import read_sketches_log
-from pipeline.source import SketchingSource
+from pipeline.source import SketchingSource, SnapshotSender
 from pipeline.source.state_file import SourceStateFile
 from tests.foreign_sketches import java_kll_doubles
 from tests.integration.harness import REPO, Deployment
@@ -256,3 +258,28 @@ def test_dmedian_source_counts_garbage_and_fails_in_one_line(deploy: Callable[..
         assert message in failed.stderr
         assert "Traceback" not in failed.stderr
         assert len(failed.stderr.strip().splitlines()) == 1, failed.stderr
+
+
+def test_an_asyncio_sender_serves_sources_from_the_event_loop(deploy: Callable[..., Deployment]) -> None:
+    deployment = deploy(1)
+    deployment.worker()
+    values = np.random.default_rng(9).normal(0.0, 1.0, 20_000)
+
+    async def main() -> set[str]:
+        sender = SnapshotSender(deployment.settings, mode="asyncio")
+        sources = [SketchingSource(f"task-{i}", deployment.settings, sender=sender) for i in range(2)]
+        for chunk in np.array_split(values, 40):
+            sources[0].add_many(chunk[: chunk.size // 2])
+            sources[1].add_many(chunk[chunk.size // 2 :])
+            await asyncio.sleep(0.01)  # the sender's ticks run between these, on this loop
+        tasks = {task.get_name() for task in asyncio.all_tasks()}
+        assert "snapshot-sender" not in {thread.name for thread in threading.enumerate()}
+        for source in sources:
+            await source.aclose()
+        assert await asyncio.to_thread(sender.close) == 0
+        return tasks
+
+    assert "snapshot-sender" in asyncio.run(main())  # no sender thread: a task on the loop
+    record = deployment.wait_for_n(20_000)
+    assert record.sources == 2
+    _assert_within_bound(record, values)
