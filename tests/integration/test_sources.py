@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
-import threading
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
