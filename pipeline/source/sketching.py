@@ -198,10 +198,12 @@ class SketchingSource:
                 # Saved before it is sent: the file's sequence number is never behind what went out.
                 self._file.save(self._state.to_bytes())
                 self._saved_n, self._last_save_ms = self._state.n, now_ms
-        if isinstance(message, SourceSnapshot):
-            sender.send(source_key(self.name), message.to_bytes())
-        elif message is not None:
-            sender.send(source_progress_key(self.name), message.to_bytes())
+            # Handed to the producer under the lock (produce only queues): a flush and a tick never
+            # hand over two snapshots of this source out of their order.
+            if isinstance(message, SourceSnapshot):
+                sender.send(source_key(self.name), message.to_bytes())
+            elif message is not None:
+                sender.send(source_progress_key(self.name), message.to_bytes())
         return allowed
 
     def flush(self, timeout_s: float = 10.0) -> None:
