@@ -167,7 +167,10 @@ def _a_long_median_and_a_flat_rate_read_well(browser: Browser, base: str, tmp_pa
         assert len(set(ticks)) == len(ticks), f"{chart} axis ticks repeat: {ticks}"
     rates = page.evaluate("() => window.dmedianDashboard.charts.rate.data[1]")
     top = page.evaluate("() => window.dmedianDashboard.charts.rate.scales.y.max")
-    assert max(rates) == pytest.approx(per_second, rel=0.05), rates
+    # n is a whole number: over a poll of about a second, one interval's rate is off by up to 1/s from
+    # rounding alone (3 numbers in 0.92 s read 3.25/s on a loaded machine). Their mean is not: the errors cancel.
+    assert sum(rates) / len(rates) == pytest.approx(per_second, rel=0.1), rates
+    assert all(abs(rate - per_second) < 1.5 for rate in rates), rates
     assert top >= 1.2 * max(rates), (top, rates)  # the flat line is not on the chart's edge
     page.screenshot(path=str(tmp_path / "dashboard-flat-rate-long-median.png"), full_page=True)
     page.close()
