@@ -105,6 +105,7 @@ class SketchingSource:
         check_source_id(source_id, self.settings)
         self.options = options or source_options(self.settings)
         self._lock = threading.Lock()
+        self._send_lock = threading.Lock()
         self._file = SourceStateFile(state_path) if state_path is not None else None
         self._state = self._load(source_id)
         self._save_every_ms = save_every_ms
@@ -182,24 +183,29 @@ class SketchingSource:
         """
         if self._closed and not force:
             return True
-        with self._lock:
-            if view is not None:
-                self._state.see(view)
-            message = None
-            allowed = self._bucket.take(now_ms)  # the aggregator's rate: a later tick sends a newer state
-            if allowed:
-                message = self._state.next_message(now_ms, force=force)
-                if message is None:
-                    self._bucket.tokens += 1.0  # nothing sent: the token stays
-            if self._file is not None and (
-                isinstance(message, SourceSnapshot)
-                or (self._state.n != self._saved_n and now_ms - self._last_save_ms >= self._save_every_ms)
-            ):
+        # Two locks: ``_lock`` guards the state (add and add_many take it, briefly); ``_send_lock``
+        # keeps this source's save-then-send in order (a flush and a tick never swap two snapshots),
+        # so that add never waits for the state file's synced write.
+        with self._send_lock:
+            saved: bytes | None = None
+            with self._lock:
+                if view is not None:
+                    self._state.see(view)
+                message = None
+                allowed = self._bucket.take(now_ms)  # the aggregator's rate: a later tick sends a newer state
+                if allowed:
+                    message = self._state.next_message(now_ms, force=force)
+                    if message is None:
+                        self._bucket.tokens += 1.0  # nothing sent: the token stays
+                if self._file is not None and (
+                    isinstance(message, SourceSnapshot)
+                    or (self._state.n != self._saved_n and now_ms - self._last_save_ms >= self._save_every_ms)
+                ):
+                    saved = self._state.to_bytes()
+                    self._saved_n, self._last_save_ms = self._state.n, now_ms
+            if saved is not None and self._file is not None:
                 # Saved before it is sent: the file's sequence number is never behind what went out.
-                self._file.save(self._state.to_bytes())
-                self._saved_n, self._last_save_ms = self._state.n, now_ms
-            # Handed to the producer under the lock (produce only queues): a flush and a tick never
-            # hand over two snapshots of this source out of their order.
+                self._file.save(saved)
             if isinstance(message, SourceSnapshot):
                 sender.send(source_key(self.name), message.to_bytes())
             elif message is not None:
@@ -240,8 +246,10 @@ class SketchingSource:
             if self._own_sender:
                 self._sender.close(timeout_s)
             if self._file is not None:
-                with self._lock:
-                    self._file.save(self._state.to_bytes())
+                with self._send_lock:
+                    with self._lock:
+                        final = self._state.to_bytes()
+                    self._file.save(final)
                 self._file.close()
 
     async def aclose(self, timeout_s: float = 10.0) -> None:
