@@ -24,6 +24,7 @@ fi
 
 echo "== ruff" >&2
 .venv/bin/ruff check .
+.venv/bin/ruff format --check pipeline tests scripts config topics
 echo "== mypy --strict" >&2
 .venv/bin/mypy
 echo "== pytest" >&2

@@ -275,4 +275,3 @@ class AggregatorService:
             self._hosted = False
             self._restored = False
             self._rebuild = None
-

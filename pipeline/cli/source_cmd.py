@@ -93,10 +93,7 @@ def _close(sketching: SketchingSource, timeout_s: float) -> None:
         sketching.close(timeout_s)
     except SourceError as exc:
         fail(str(exc), code=1)
-    say(
-        f"source {sketching.name}: n={sketching.n}, rejected={sketching.rejected}, "
-        f"last snapshot {sketching.seq}"
-    )
+    say(f"source {sketching.name}: n={sketching.n}, rejected={sketching.rejected}, last snapshot {sketching.seq}")
 
 
 @sources_cli.command("retire")

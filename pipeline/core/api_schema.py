@@ -144,6 +144,8 @@ def _sources_schema() -> dict[str, Any]:
             },
         },
     }
+
+
 _SHARD_ROW_FIELDS = (
     "shard", "owned_here", "n", "median", "last_snapshot_age_s", "status", "lag", "last_offset", "rejected"
 )  # fmt: skip

@@ -93,8 +93,12 @@ class GlobalView:
         if record.n <= 0 or not pairs:
             return None
         return cls(
-            tuple(q for q, _ in pairs), tuple(x for _, x in pairs), record.n, record.shards + record.sources,
-            record.theta, record.ts,
+            tuple(q for q, _ in pairs),
+            tuple(x for _, x in pairs),
+            record.n,
+            record.shards + record.sources,
+            record.theta,
+            record.ts,
         )
 
 

@@ -68,4 +68,3 @@ class DeadLetter:
             None if raw is None else base64.b64decode(raw),
             tuple((int(e["index"]), str(e["reason"])) for e in body["bad_elements"]),
         )
-

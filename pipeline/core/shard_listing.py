@@ -223,9 +223,7 @@ def histogram(values: Sequence[float], bins: int) -> list[dict[str, float]]:
     if len(values) == 0:
         return []
     counts, edges = np.histogram(np.asarray(values, dtype=np.float64), bins=bins)
-    return [
-        {"lo": float(edges[i]), "hi": float(edges[i + 1]), "count": int(count)} for i, count in enumerate(counts)
-    ]
+    return [{"lo": float(edges[i]), "hi": float(edges[i + 1]), "count": int(count)} for i, count in enumerate(counts)]
 
 
 def distribution(values: Sequence[float] | np.ndarray[Any, Any], integer: bool = False) -> dict[str, float] | None:

@@ -185,8 +185,8 @@ def kll_layout(data: bytes) -> KllLayout:
     capacity = kll_capacity(k, _m, num_levels)
     if first > capacity or retained != capacity - first:
         raise SnapshotError(
-            "bad_sketch", f"{retained} items where k={k}, m={_m} and {num_levels} levels from {first} make "
-            f"{capacity - first}"
+            "bad_sketch",
+            f"{retained} items where k={k}, m={_m} and {num_levels} levels from {first} make {capacity - first}",
         )
     levels = (*[offset - first for offset in offsets], retained)
     if sorted(levels) != list(levels):

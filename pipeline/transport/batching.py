@@ -88,7 +88,6 @@ __all__ = ["FAUST_INTERNALS", "BatchConsumer", "BatchTransport", "register_trans
 logger = logging.getLogger(__name__)
 
 
-
 _RecordMap = Mapping[TP, list[Any]]  # Faust's RecordMap: records of a fetch per partition
 
 # How long a librdkafka fetch waits for records when nothing else is to be read,

@@ -225,7 +225,11 @@ def test_commands_running_when_their_broker_dies_end_and_say_so(own_broker: Loca
     processes = {
         name: subprocess.Popen(
             [sys.executable, "-m", "pipeline", *args],
-            env=full_env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env=full_env,
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         for name, args in commands.items()
     }

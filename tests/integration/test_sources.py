@@ -125,8 +125,15 @@ def test_hostile_edge_messages_are_dead_lettered_with_their_reasons(deploy: Call
     reasons = sorted(letter.reason for letter in letters)
     assert reasons == sorted(
         f"snapshot_{r}"
-        for r in ("seq_regressed", "seq_reused", "bad_source_id", "k_too_small", "key_mismatch", "bad_sketch",
-                  "bad_header")
+        for r in (
+            "seq_regressed",
+            "seq_reused",
+            "bad_source_id",
+            "k_too_small",
+            "key_mismatch",
+            "bad_sketch",
+            "bad_header",
+        )
     ), reasons
     # The rebuild (a takeover) reads the same verdicts; compaction keeps the last record under a key, and
     # the aggregator wrote edge-1's held snapshot back after the refusal, so a rebuild still finds it.

@@ -213,9 +213,7 @@ def test_per_tick_must_be_positive() -> None:
 
 @pytest.mark.parametrize("name", ["budget", "geometric", "interval"])
 @FAST
-@given(
-    st.integers(0, 5_000), st.integers(0, 5_000), st.integers(0, 5_000), st.integers(-1, 3), st.integers(-1, 3)
-)
+@given(st.integers(0, 5_000), st.integers(0, 5_000), st.integers(0, 5_000), st.integers(-1, 3), st.integers(-1, 3))
 def test_nothing_turns_due_before_the_deadline(
     name: str, last_emit: int, last_signal: int, last_change: int, version: int, emitted: int
 ) -> None:
