@@ -23,6 +23,7 @@ live ``SketchingSource`` against a bare ``kll_doubles_sketch.update`` of the sam
 
     .venv/bin/python scripts/bench_sources.py                       # both streams, 1,000 x 100,000
     .venv/bin/python scripts/bench_sources.py --streams same --sources 100 --numbers 20000
+    .venv/bin/python scripts/bench_sources.py --error-budget 0.01       # a looser bound, fewer snapshots
 """
 
 from __future__ import annotations
@@ -75,6 +76,7 @@ class Plan:
     settle_ms: int
     checkpoints: tuple[int, ...]  # rounds after which everyone pauses for a check
     growth: float | None = None  # the sources' growth cap (None: the library's default)
+    error_budget: float | None = None  # theta, for the worker and the sources alike (None: the setting's default)
 
     @property
     def rounds(self) -> int:
@@ -185,7 +187,10 @@ def topic_traffic(settings: Settings) -> dict[str, Any]:
 def run_stream(stack: ExitStack, tmp: Path, bootstrap: str, plan: Plan, processes: int) -> dict[str, Any]:
     """One stream end to end; prints its figures and returns them."""
     run = f"bench-src-{plan.stream}-{uuid.uuid4().hex[:6]}"
-    env = worker_env(bootstrap, run, tmp, {"numbers_partitions": "1"})
+    overrides = {"numbers_partitions": "1"}
+    if plan.error_budget is not None:  # the sources read the same environment, so both sides use it
+        overrides["error_budget"] = str(plan.error_budget)
+    env = worker_env(bootstrap, run, tmp, overrides)
     settings, worker = deploy_worker(stack, env, tmp / f"{run}.log")
     wait_healthy([int(env["DMEDIAN_WEB_PORT"])], 1, [worker], 180)  # hosts the aggregator, rebuilt
     ctx = mp.get_context("spawn")
@@ -197,7 +202,8 @@ def run_stream(stack: ExitStack, tmp: Path, bootstrap: str, plan: Plan, processe
     for child in children:
         child.start()
     print(f"{plan.stream}: {plan.sources:,} sources x {plan.numbers:,} numbers, {plan.chunk:,} a round every "
-          f"{plan.round_ms} ms, {processes} processes, growth {plan.growth or 'default'}", flush=True)  # fmt: skip
+          f"{plan.round_ms} ms, {processes} processes, growth {plan.growth or 'default'}, error budget "
+          f"{settings.error_budget}", flush=True)  # fmt: skip
     try:
         barrier.wait(_WAIT_S)  # every source is built
         started = time.monotonic()
@@ -316,6 +322,7 @@ def main() -> None:
     parser.add_argument("--processes", type=int, default=4)
     parser.add_argument("--streams", default="same,spread")
     parser.add_argument("--growth", type=float, default=None, help="the sources' growth cap (default: the library's)")
+    parser.add_argument("--error-budget", type=float, default=None, help="theta (default: the setting's, 0.005)")
     args = parser.parse_args()
     rounds = args.numbers // args.chunk
     checkpoints = tuple(sorted({max(rounds // 10, 1), max(rounds // 4, 1), max(rounds // 2, 1)}))
@@ -330,7 +337,7 @@ def main() -> None:
         tmp, bootstrap = bench_environment(stack, "dmedian-bench-sources-")
         for stream in filter(None, args.streams.split(",")):  # --streams "": the cost at the source only
             plan = Plan(stream, args.sources, args.numbers, args.chunk, args.round_ms, args.settle_ms, checkpoints,
-                        args.growth)  # fmt: skip
+                        args.growth, args.error_budget)  # fmt: skip
             run_stream(stack, tmp, bootstrap, plan, args.processes)
 
 
