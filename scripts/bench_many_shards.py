@@ -192,7 +192,8 @@ def sketches_traffic(settings: Settings, since_ms: int, until_ms: int) -> tuple[
                 snapshots += 1
             elif isinstance(parsed, ShardProgress) and since_ms <= parsed.ts <= until_ms:
                 heartbeats += 1
-            if message.offset() >= end - 1:
+            offset = message.offset()
+            if offset is not None and offset >= end - 1:
                 break
     finally:
         client.close()

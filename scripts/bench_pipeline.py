@@ -75,7 +75,8 @@ def ingest_timeline(settings: Settings) -> list[tuple[int, int]]:
             if isinstance(snapshot, SketchSnapshot):  # not a heartbeat: no numbers in those
                 latest[snapshot.shard] = max(latest.get(snapshot.shard, 0), snapshot.n)
                 timeline.append((snapshot.ts, sum(latest.values())))
-            if message.offset() >= end - 1:
+            offset = message.offset()
+            if offset is not None and offset >= end - 1:
                 break
     finally:
         client.close()

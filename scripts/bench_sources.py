@@ -162,9 +162,10 @@ def topic_traffic(settings: Settings) -> dict[str, Any]:
     read = 0
     while read < end:
         for message in client.consume(10_000, 1.0):
-            if message.error() is not None:
-                if message.error().code() != KafkaError._PARTITION_EOF:
-                    print(f"  sketches: {message.error()}")
+            error = message.error()
+            if error is not None:
+                if error.code() != KafkaError._PARTITION_EOF:
+                    print(f"  sketches: {error}")
                 continue
             read += 1
             key, value = message.key(), message.value() or b""

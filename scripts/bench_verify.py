@@ -22,6 +22,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -45,6 +46,11 @@ from topics.admin import create_topics  # noqa: E402
 _CHUNK = 1_000_000  # numbers generated and sketched at a time
 
 
+def _round_robin(first: int, partitions: int) -> Callable[[int], int]:
+    """The partition of a message by its 1-based sequence number, going on from message ``first`` of the run."""
+    return lambda seq: (first + seq - 1) % partitions
+
+
 def fill(settings: Settings, count: int, batch: int) -> tuple[int, float]:
     """Produce ``count`` numbers and the snapshots and record covering them; return (messages, seconds)."""
     partitions = settings.numbers_partitions
@@ -57,7 +63,7 @@ def fill(settings: Settings, count: int, batch: int) -> tuple[int, float]:
         blocks = [values[i : i + batch] for i in range(0, values.size, batch)]
         targets = [(messages + j) % partitions for j in range(len(blocks))]
         produce_values(client, settings.topic_numbers, (encode_float64_block(b) for b in blocks),
-                       partition=lambda seq, base=messages: (base + seq - 1) % partitions)  # fmt: skip
+                       partition=_round_robin(messages, partitions))  # fmt: skip
         for p in range(partitions):
             mine = [b for b, t in zip(blocks, targets, strict=True) if t == p]
             if mine:
