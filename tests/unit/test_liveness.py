@@ -85,10 +85,14 @@ _message = st.tuples(
 
 _question = st.tuples(st.integers(0, 30_000), st.integers(0, 8_000), st.booleans())
 
+# A step: a shard to forget, a question (now_ms, max_age_ms, count_only), or a message
+# (is_snapshot, shard, n, offset, ts).
+Step = int | tuple[int, int, bool] | tuple[bool, int, int, int, int]
+
 
 @FAST
 @given(st.lists(st.one_of(_message, st.integers(0, 6), _question)))
-def test_matches_a_scan_of_every_shard(steps: list[object]) -> None:
+def test_matches_a_scan_of_every_shard(steps: list[Step]) -> None:
     liveness = ShardLiveness()
     notes: dict[int, list[int]] = {}  # shard: [reflected_n, reflected_offset, ingested, ingested_offset, last_seen]
     for step in steps:

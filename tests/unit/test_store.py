@@ -15,6 +15,7 @@ import faust
 import pytest
 import rocksdict
 from faust.assignor.client_assignment import ClientAssignment
+from faust.assignor.partition_assignor import PartitionAssignor
 from faust.events import Event
 from faust.stores.rocksdb import Store as FaustRocksStore
 from faust.types import TP
@@ -43,8 +44,11 @@ class _Deployment:
     def __init__(self, data_dir: Path) -> None:
         register_store()
         self.app = faust.App("store-test", datadir=str(data_dir), autodiscover=False)
-        self.table = self.app.Table(TABLE, key_type=bytes, value_type=bytes, partitions=8, store=STORE_URL)
-        store = self.table.data
+        table = self.app.Table(TABLE, key_type=bytes, value_type=bytes, partitions=8, store=STORE_URL)
+        # The concrete class: the interface the app declares (TableT) has no changelog_topic_name.
+        assert isinstance(table, faust.Table)
+        self.table = table
+        store = table.data
         assert isinstance(store, OneDatabaseStore)
         self.store = store
         self.changelog = self.table.changelog_topic_name
@@ -64,14 +68,28 @@ class _Deployment:
 
     def set_actives(self, partitions: set[int]) -> None:
         # What PartitionAssignor.on_assignment stores after a real rebalance.
-        self.app.assignor._assignment = ClientAssignment(actives={self.changelog: sorted(partitions)}, standbys={})
+        # The concrete assignor: the interface (PartitionAssignorT) does not declare _assignment.
+        assignor = self.app.assignor
+        assert isinstance(assignor, PartitionAssignor)
+        assignor._assignment = ClientAssignment(actives={self.changelog: sorted(partitions)}, standbys={})
+
+    def tps(self, partitions: set[int]) -> set[TP]:
+        return {self.tp(p) for p in partitions}
 
     def rebalance(self, assigned: set[int], revoked: set[int], newly: set[int]) -> None:
-        to_tps = lambda parts: {self.tp(p) for p in parts}  # noqa: E731
-        asyncio.run(self.store.on_rebalance(to_tps(assigned), to_tps(revoked), to_tps(newly)))
+        asyncio.run(self.store.on_rebalance(self.tps(assigned), self.tps(revoked), self.tps(newly)))
 
     def close(self) -> None:
         asyncio.run(self.store.on_stop())
+
+
+def _raw_keys(db: rocksdict.Rdict) -> list[bytes]:
+    """A raw-mode database's keys, each checked to be bytes (the stubs allow any key type)."""
+    keys: list[bytes] = []
+    for key in db.keys():  # noqa: SIM118 (an Rdict iterates its keys only through keys())
+        assert isinstance(key, bytes)
+        keys.append(key)
+    return keys
 
 
 @pytest.fixture
@@ -216,7 +234,7 @@ def test_a_revoked_partition_is_dropped_keys_and_offset_together_and_fenced_unti
     asyncio.run(deployment.store.on_rebalance(set(), {TP("numbers", 2)}, set()))
 
     start, end = partition_range(1)
-    assert [key for key, _ in deployment.store.db.items() if start <= key < end] == []
+    assert [key for key in _raw_keys(deployment.store.db) if start <= key < end] == []
     assert deployment.store.persisted_offset(deployment.tp(1)) is None
     assert deployment.table.get(b"1") is None
     assert [deployment.table.get(str(p).encode()) for p in (0, 2, 3)] == [b"v0", b"v2", b"v3"]
@@ -293,8 +311,10 @@ def test_the_shard_table_uses_one_database_by_default_and_faust_s_store_when_ask
     settings = load_settings(environ={"DMEDIAN_DATA_DIR": str(tmp_path)})
     assert settings.state_store == "one-db"
     table = create_app(settings).app.tables[TABLE]
+    assert isinstance(table, faust.Table)  # the interface (CollectionT) does not declare data
     assert isinstance(table.data, OneDatabaseStore)
 
     per_partition = load_settings(environ={"DMEDIAN_DATA_DIR": str(tmp_path), "DMEDIAN_STATE_STORE": "per-partition"})
     table = create_app(per_partition).app.tables[TABLE]
+    assert isinstance(table, faust.Table)
     assert type(table.data) is FaustRocksStore
