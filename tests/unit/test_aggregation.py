@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Callable
 
 import datasketches
 import numpy as np
@@ -57,6 +58,16 @@ def _ledger(state: AggregateState) -> object:
     return state.sources.notes()  # every field of every edge shard: sequence number, counts, tokens, times
 
 
+# A header field an edge shard might forge, and how to write it into a snapshot.
+_FORGERIES: dict[str, Callable[[SourceSnapshot, int], SourceSnapshot]] = {
+    "n": lambda snapshot, value: dataclasses.replace(snapshot, n=value),
+    "min": lambda snapshot, value: dataclasses.replace(snapshot, min=value),
+    "rank_error": lambda snapshot, value: dataclasses.replace(snapshot, rank_error=value),
+    "rejected": lambda snapshot, value: dataclasses.replace(snapshot, rejected=value),
+    "seq": lambda snapshot, value: dataclasses.replace(snapshot, seq=value),
+}
+
+
 @st.composite
 def _message(draw: st.DrawFn) -> tuple[bytes | None, bytes | None]:
     """A record an edge shard (honest, confused or hostile) might write."""
@@ -75,8 +86,8 @@ def _message(draw: st.DrawFn) -> tuple[bytes | None, bytes | None]:
     else:
         snapshot = SourceSnapshot.of_sketch(name, max(seq, 1), _sketch(seq % 3, count, k), ts)
         if draw(st.integers(0, 3)) == 0:  # a forged header field
-            field = draw(st.sampled_from(("n", "min", "rank_error", "rejected", "seq")))
-            snapshot = dataclasses.replace(snapshot, **{field: draw(st.integers(-3, 10_000))})
+            forge = _FORGERIES[draw(st.sampled_from(tuple(_FORGERIES)))]
+            snapshot = forge(snapshot, draw(st.integers(-3, 10_000)))
         value = snapshot.to_bytes()
     if value is not None and draw(st.integers(0, 3)) == 0:  # damaged on the way: cut, or bytes flipped
         data = bytearray(value)
@@ -118,8 +129,8 @@ def test_hostile_edge_shards_never_crash_the_aggregator_or_change_a_record_by_a_
         if not taken.changed:
             assert state.record(NOW, 0.005, STALE_AFTER_MS).n == state.estimator.n
         # Whatever was taken, the record stays whole: n is the sum of what is held.
-        held = sum(s.n for s in state.estimator.shards()) + sum(s.n for s in state.estimator.sources())
-        assert state.estimator.n == held
+        held_n = sum(s.n for s in state.estimator.shards()) + sum(s.n for s in state.estimator.sources())
+        assert state.estimator.n == held_n
         assert state.estimator.source_count == len([n for n in NAMES if state.sources.seq(n) > 0])
     assert all(refused)  # every refusal has a reason
     assert len(refused) + accepted == len(messages[: len(clock)])

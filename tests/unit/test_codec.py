@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import orjson
@@ -32,7 +33,7 @@ def same_floats(actual: np.ndarray, expected: list[float] | np.ndarray) -> bool:
     return actual.dtype == np.float64 and actual.tobytes() == expected_array.tobytes()
 
 
-def decode_each(values: list[bytes | None], options: CodecOptions = CodecOptions()) -> DecodedBatch:
+def decode_each(values: Sequence[bytes | None], options: CodecOptions = CodecOptions()) -> DecodedBatch:
     """The reference: every value decoded on its own, then concatenated."""
     arrays, rejections = [], []
     for index, value in enumerate(values):

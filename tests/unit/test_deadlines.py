@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from pipeline.core.budget import GlobalView
 from pipeline.core.deadlines import Deadlines, FlushSchedule
-from pipeline.core.emission import EmissionState, ShardEmissionRule, build_shard_rule
+from pipeline.core.emission import EmissionState, RuleName, ShardEmissionRule, build_shard_rule
 from pipeline.core.sketch import ShardState
 
 FAST = settings(max_examples=40, deadline=None, database=None)
@@ -215,7 +215,7 @@ def test_per_tick_must_be_positive() -> None:
 @FAST
 @given(st.integers(0, 5_000), st.integers(0, 5_000), st.integers(0, 5_000), st.integers(-1, 3), st.integers(-1, 3))
 def test_nothing_turns_due_before_the_deadline(
-    name: str, last_emit: int, last_signal: int, last_change: int, version: int, emitted: int
+    name: RuleName, last_emit: int, last_signal: int, last_change: int, version: int, emitted: int
 ) -> None:
     rule = build_shard_rule(name, interval_ms=200, theta=0.01, heartbeat_ms=1_000, growth=2.0, shards_hint=4)
     state = rule.new_state()
@@ -314,7 +314,7 @@ class _Worker:
 @pytest.mark.parametrize("name", ["budget", "geometric", "interval"])
 @FAST
 @given(st.integers(0, 2**32 - 1))
-def test_deadlines_send_the_same_messages_at_the_same_times(name: str, seed: int) -> None:
+def test_deadlines_send_the_same_messages_at_the_same_times(name: RuleName, seed: int) -> None:
     rule = build_shard_rule(name, interval_ms=200, theta=0.01, heartbeat_ms=1_000, growth=2.0, shards_hint=8)
     workers = [_Worker(rule, lazy=False), _Worker(rule, lazy=True)]
     rng = np.random.default_rng(seed)

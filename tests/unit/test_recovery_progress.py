@@ -41,8 +41,8 @@ def test_it_answers_as_faust_s_full_scan_after_every_change(
     steps: list[tuple[str, int, int | None]],
 ) -> None:
     # Faust keeps both maps as Counters (a missing offset reads 0) and may hold None in them.
-    highwaters: Counter[int] = Counter(highwaters_given)  # type: ignore[arg-type]
-    offsets: Counter[int] = Counter(offsets_given)  # type: ignore[arg-type]
+    highwaters: Counter[int] = Counter(highwaters_given)
+    offsets: Counter[int] = Counter(offsets_given)
     check: RemainingCheck[int] = RemainingCheck()
     assert check.any_remaining(highwaters, offsets) == _faust(highwaters, offsets)
     for kind, tp, value in steps:

@@ -173,7 +173,7 @@ def test_password_is_not_in_the_settings_repr() -> None:
 def test_settings_are_frozen() -> None:
     settings = load()
     with pytest.raises(pydantic.ValidationError):
-        settings.sketch_k = 400  # type: ignore[misc]
+        settings.sketch_k = 400
     assert settings.sketch_k == 200
 
 

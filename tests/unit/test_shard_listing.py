@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from typing import Any
 
 import jsonschema_rs
@@ -122,15 +123,22 @@ def test_the_last_page_has_no_next_and_past_the_end_is_empty() -> None:
 
 def _expected(rows: list[ShardRow], query: ShardQuery) -> list[int]:
     """The page by a full sort (what the heap must give): missing values last, ties by shard id."""
-    values = {
+    by_sort: dict[str, Callable[[ShardRow], int | None]] = {
         "shard": lambda r: r.shard,
         "n": lambda r: r.n,
         "lag": lambda r: r.lag,
         "age": lambda r: None if r.last_snapshot_ms is None else NOW - r.last_snapshot_ms,
-    }[query.sort]
+    }
+    values = by_sort[query.sort]
     matching = [r for r in rows if query.stale is None or (r.stale is True) == query.stale]
     present = sorted((r for r in matching if values(r) is not None), key=lambda r: r.shard)
-    present.sort(key=values, reverse=query.order == "desc")  # stable: ties stay by shard id
+
+    def present_value(row: ShardRow) -> int:
+        value = values(row)
+        assert value is not None  # kept in present for it
+        return value
+
+    present.sort(key=present_value, reverse=query.order == "desc")  # stable: ties stay by shard id
     absent = sorted((r for r in matching if values(r) is None), key=lambda r: r.shard)
     return [r.shard for r in [*present, *absent]][query.offset : query.offset + query.limit]
 
