@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Generator, Iterator
 
+import pluggy
 import pytest
 
 from tests.broker_fixture import BrokerHandle, provide_bootstrap
@@ -25,7 +26,9 @@ def kafka(request: pytest.FixtureRequest) -> Iterator[BrokerHandle]:
 
 
 @pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, None, None]:
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pluggy.Result[pytest.TestReport], None]:
     outcome = yield
     report = outcome.get_result()
     handle = item.session.stash.get(_BROKER_KEY, None)

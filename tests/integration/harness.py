@@ -206,13 +206,17 @@ class Deployment:
                 message = client.poll(0.5)
                 if message is None:
                     continue
-                if message.error():
-                    if message.error().code() == KafkaError._PARTITION_EOF:
-                        done.add(message.partition())
+                error, partition, offset = message.error(), message.partition(), message.offset()
+                if error is not None:
+                    if error.code() == KafkaError._PARTITION_EOF:
+                        assert partition is not None  # an end-of-partition event names its partition
+                        done.add(partition)
                     continue
-                yield message.partition(), message.key(), message.value()
-                if message.offset() >= ends[message.partition()] - 1:
-                    done.add(message.partition())
+                assert partition is not None  # a consumed record has a partition and an offset
+                assert offset is not None
+                yield partition, message.key(), message.value()
+                if offset >= ends[partition] - 1:
+                    done.add(partition)
         finally:
             client.close()
 
