@@ -68,9 +68,9 @@ def test_metrics_during_a_run_agree_with_what_was_produced(deploy: Callable[...,
             continue
         scrapes += 1
         assert len(samples.get("dmedian_numbers_ingested_total", {})) <= SHOWN
-        ingested = _one(samples, "dmedian_owned_numbers")
-        assert ingested >= last_ingested, (ingested, last_ingested)
-        last_ingested = ingested
+        owned = _one(samples, "dmedian_owned_numbers")
+        assert owned >= last_ingested, (owned, last_ingested)
+        last_ingested = owned
         time.sleep(0.2)
     producer.join(10)
     assert scrapes >= 2

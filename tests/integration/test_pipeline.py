@@ -116,7 +116,7 @@ def test_restart_restores_every_shard_from_its_own_changelog_partition(
 
     _assert_within_bounds(record, np.concatenate([before, after]))
     changelog = f"{deployment.settings.app_id}-shard-sketches-changelog"
-    seen = {}
+    seen: dict[int, int] = {}
     for partition, key, _ in deployment.read_topic(changelog, partitions):
         assert key == str(partition).encode(), f"shard {key!r} written to changelog partition {partition}"
         seen[partition] = seen.get(partition, 0) + 1

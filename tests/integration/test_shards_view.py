@@ -80,7 +80,9 @@ def test_shards_pages_sorts_filters_and_summarises_every_shard(deploy: Callable[
     assert all(row["last_offset"] == row["shard"] for row in body["shards"])  # p + 1 messages: offsets 0..p
 
     # Paging by id: each shard once, in order, the next page's offset given until the last.
-    seen, offset, pages = [], 0, 0
+    seen: list[int] = []
+    offset: int | None = 0  # None once the last page is read
+    pages = 0
     while offset is not None:
         page = _shards(base, f"limit=5&offset={offset}")
         assert (page["total"], page["limit"], page["offset"]) == (PARTITIONS, 5, offset)

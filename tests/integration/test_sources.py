@@ -105,7 +105,7 @@ def test_hostile_edge_messages_are_dead_lettered_with_their_reasons(deploy: Call
         return sketch_of(name, seq, sketch, ts=1_700_000_000_000 + seq)
 
     good = snapshot("edge-1", 5, 2_000)
-    records: list[tuple[bytes, bytes | None]] = [
+    records: list[tuple[bytes, bytes]] = [
         (source_key("edge-1"), good.to_bytes()),
         (source_key("edge-1"), snapshot("edge-1", 3, 2_500).to_bytes()),  # seq_regressed
         (source_key("edge-1"), snapshot("edge-1", 5, 2_600).to_bytes()),  # seq_reused

@@ -34,6 +34,7 @@ def _local_state(data_dir: Path) -> dict[int, tuple[dict[bytes, bytes], int | No
     state: dict[int, tuple[dict[bytes, bytes], int | None]] = {}
     try:
         for raw, value in db.items():
+            assert isinstance(raw, bytes)  # raw mode: bytes keys (the stubs allow any key type)
             partition, key = split_key(raw)
             entries, offset = state.get(partition, ({}, None))
             if key is None:
